@@ -1,0 +1,3 @@
+from sr_tile.cli import main
+
+main()

@@ -1,0 +1,51 @@
+"""The ``sr-tile`` command line: a thin layer over the library API."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from sr_tile import __version__
+from sr_tile.cli._common import State, out
+from sr_tile.cli.models import models
+from sr_tile.cli.pending import bench, export, train
+from sr_tile.cli.upscale import upscale
+
+app = typer.Typer(
+    name="sr-tile",
+    help="Tiled, content-adaptive super-resolution for large images.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command()(upscale)
+_PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
+app.command("train", context_settings=_PASS_THROUGH)(train)
+app.command("bench", context_settings=_PASS_THROUGH)(bench)
+app.command("export", context_settings=_PASS_THROUGH)(export)
+app.command()(models)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"sr-tile {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option(help="Show tracebacks for errors.")] = False,
+    version: Annotated[
+        Optional[bool],
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = None,
+) -> None:
+    State.debug = debug
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,41 @@
+"""``sr-tile models``: what can be used, at which scales, with which weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from sr_tile.cli._common import handle_errors, out, write_json
+from sr_tile.models import DEFAULT_MODEL, MODELS
+
+
+@handle_errors
+def models(
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the list as JSON.")] = None,
+) -> None:
+    """List the registered models."""
+    table = Table(title="sr-tile models", title_justify="left")
+    for name in ("name", "scales", "routing", "weights", "description"):
+        table.add_column(name)
+    rows = []
+    for entry in MODELS.values():
+        scales = ", ".join(f"x{s}" for s in entry.scales)
+        weights = ", ".join(entry.weights.values()) or "none needed"
+        name = entry.name + (" (default)" if entry.name == DEFAULT_MODEL else "")
+        table.add_row(name, scales, entry.routing, weights, entry.summary)
+        rows.append(
+            {
+                "name": entry.name,
+                "scales": list(entry.scales),
+                "routing": entry.routing,
+                "weights": entry.weights,
+                "default": entry.name == DEFAULT_MODEL,
+                "summary": entry.summary,
+            }
+        )
+    out.print(table)
+    if json_path is not None:
+        write_json(json_path, {"models": rows})

@@ -1,0 +1,76 @@
+"""Weights on disk: safetensors with the model's identity in the metadata.
+
+Loading never unpickles anything; a file made for another model or scale is
+refused with a clear message instead of loading shapes that happen to fit.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from sr_tile import __version__
+from sr_tile.errors import ConfigError
+
+FORMAT = "sr-tile-weights-1"
+
+
+def save_weights(model: nn.Module, path: str | Path, *, name: str, scale: int,
+                 extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model.state_dict()`` with metadata (name, scale, version, extras as JSON)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {"format": FORMAT, "model": name, "scale": str(scale), "sr_tile": __version__}
+    for key, value in (extra or {}).items():
+        meta[key] = json.dumps(value)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
+    return path
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata of a weights file, extras decoded from JSON."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = dict(fh.metadata() or {})
+    decoded: dict[str, Any] = {}
+    for key, value in meta.items():
+        if key in ("format", "model", "scale", "sr_tile"):
+            decoded[key] = value
+        else:
+            try:
+                decoded[key] = json.loads(value)
+            except json.JSONDecodeError:
+                decoded[key] = value
+    return decoded
+
+
+def load_weights(model: nn.Module, path: str | Path, *, name: str, scale: int,
+                 strict: bool = True) -> dict[str, Any]:
+    """Load ``path`` into ``model`` after checking it was made for (name, scale)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such weights file")
+    try:
+        meta = read_metadata(path)
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a readable safetensors file ({exc})") from None
+    if meta.get("model") != name or meta.get("scale") != str(scale):
+        raise ConfigError(
+            f"{path}: weights are for {meta.get('model')} x{meta.get('scale')}, not {name} x{scale}"
+        )
+    with torch.no_grad():
+        result = model.load_state_dict(state, strict=strict)
+    if strict is False and (result.missing_keys or result.unexpected_keys):
+        meta["missing_keys"] = list(result.missing_keys)
+    return meta

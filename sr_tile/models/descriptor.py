@@ -1,0 +1,57 @@
+"""What the tiler and the reports need to know about a model, and nothing more.
+
+The tiler reads a model's :class:`ModelDescriptor` instead of branching on model
+names (spandrel's idea): a new architecture only fills in these fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Routing(str, Enum):
+    """How a model spends compute unevenly across an image."""
+
+    NONE = "none"  # static network: every patch costs the same
+    EXITS = "exits"  # multi-exit network: one exit chosen per patch (ENAF)
+    TOKENS = "tokens"  # token/window halting inside the network (AdaFormer)
+
+
+@dataclass(frozen=True)
+class ModelDescriptor:
+    """Static facts about one built model.
+
+    Attributes:
+        name: registry name, e.g. ``"bicubic"`` or ``"enaf-fsrcnn"``.
+        scale: the upscaling factor this instance was built for.
+        in_channels: colour channels the network takes (3: RGB).
+        size_multiple: tile sides must be a multiple of this (window attention);
+            the tiler pads with reflection where an image is smaller.
+        margin: LR pixels at an interior tile edge whose output cannot be trusted
+            (the receptive-field radius, or the practical one for deep nets). The
+            tiler gives them zero weight, so overlap must exceed ``2 * margin``.
+        exact_tiling: True when ``margin`` covers the whole receptive field, so
+            tiled output equals whole-image output up to float rounding.
+        default_tile: LR tile side used when the user gives none.
+        default_overlap: LR overlap between neighbouring tiles by default.
+        routing: how compute is routed per patch.
+        flops_note: how the FLOPs of this model are counted, shown in reports.
+    """
+
+    name: str
+    scale: int
+    in_channels: int = 3
+    size_multiple: int = 1
+    margin: int = 0
+    exact_tiling: bool = False
+    default_tile: int = 256
+    default_overlap: int = 16
+    routing: Routing = Routing.NONE
+    flops_note: str = ""
+
+    def __post_init__(self) -> None:
+        if self.default_overlap <= 2 * self.margin:
+            raise ValueError(
+                f"{self.name}: default_overlap {self.default_overlap} must exceed 2*margin"
+            )

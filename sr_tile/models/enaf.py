@@ -1,0 +1,61 @@
+"""ENAF: a multi-exit backbone plus its PSNR estimator, routed per patch.
+
+This is what ``--model enaf-fsrcnn|enaf-carn|enaf-srresnet`` builds. ``forward``
+is the static backbone (the full network); routed inference goes through
+``estimate`` (per-path PSNR and blank flags) and ``backbone.forward_paths``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from sr_tile.flops import count_flops
+from sr_tile.models.layers import MultiExitSR, PSNREstimator, is_blank
+from sr_tile.routing import DEFAULT_PRESETS
+
+
+class EnafSR(nn.Module):
+    """``backbone`` (paths 0-3) + ``estimator`` (one PSNR per path)."""
+
+    def __init__(self, *, backbone: MultiExitSR) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.estimator = PSNREstimator(num_paths=backbone.num_paths)
+        self.descriptor = backbone.descriptor
+        self.scale = backbone.scale
+        self.presets: dict[str, float] = dict(DEFAULT_PRESETS)
+        self._estimator_flops: dict[tuple[int, int], int] = {}
+
+    @property
+    def num_paths(self) -> int:
+        return self.backbone.num_paths
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def estimate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, P) predicted PSNR per path and (N,) blank flags of LR patches in [0, 1]."""
+        return self.estimator(x), is_blank(x)
+
+    def costs(self, height: int, width: int) -> torch.Tensor:
+        """(P,) each path's FLOPs over the full network's, for one patch size."""
+        flops = torch.tensor(self.backbone.path_flops(height, width), dtype=torch.float64)
+        return flops / flops[-1]
+
+    def estimator_flops(self, height: int, width: int) -> int:
+        key = (height, width)
+        if key not in self._estimator_flops:
+            self._estimator_flops[key] = count_flops(self.estimator, (1, 3, height, width))
+        return self._estimator_flops[key]
+
+
+def enaf_factory(build_backbone: Callable[..., MultiExitSR]) -> Callable[..., EnafSR]:
+    """Registry factory for one backbone family."""
+
+    def build(*, scale: int = 4) -> EnafSR:
+        return EnafSR(backbone=build_backbone(scale=scale))
+
+    return build

@@ -1,0 +1,314 @@
+"""Building blocks shared by the ENAF multi-exit backbones, and the ENAF routing helpers.
+
+* :class:`MultiExitSR` - the one interface of every multi-exit model: a trunk cut into
+  ``segments``, three heads (exit 1, exit 2, full) reading after ``attach`` segments, and a
+  MATLAB-bicubic global skip. Path 0 is bicubic alone; a path runs ONLY its own trunk prefix
+  and its own head (the authors' CARN code ran the full network for every exit).
+* :class:`ConvAct`, :class:`ResidualBlock`, :class:`UpsampleHead`, :class:`DeconvHead`.
+* :class:`PSNREstimator` (ClassSR's classifier shape as a per-path PSNR regressor) and
+  :func:`blank_score` / :func:`is_blank` (ENAF's blank vector, Eq. 8).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sr_tile.flops import count_flops
+from sr_tile.imresize import imresize
+from sr_tile.models.descriptor import ModelDescriptor, Routing
+
+__all__ = [
+    "BLANK_THRESHOLD", "ConvAct", "DeconvHead", "MultiExitSR", "PSNREstimator", "ResidualBlock",
+    "UpsampleHead", "bicubic", "blank_score", "exits_descriptor", "is_blank", "make_act",
+    "upsample_factors", "zero_init_",
+]
+
+BLANK_THRESHOLD = 10.0  # ENAF's epsilon: a patch is blank when its score is <= this
+
+
+def bicubic(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """The global skip and path 0: MATLAB bicubic upscaling (no antialiasing when enlarging)."""
+    return imresize(x, scale, antialias=False)
+
+
+def make_act(kind: str, channels: int = 1) -> nn.Module:
+    """``relu``, ``lrelu`` (slope 0.1, as FSRCNN exits / MSRResNet / ClassSR) or ``prelu``."""
+    if kind == "relu":
+        return nn.ReLU(inplace=True)
+    if kind == "lrelu":
+        return nn.LeakyReLU(0.1, inplace=True)
+    if kind == "prelu":
+        return nn.PReLU(channels)
+    raise ValueError(f"unknown activation {kind!r}; use relu, lrelu or prelu")
+
+
+def zero_init_(layer: nn.Module) -> nn.Module:
+    """Zero a head's last layer so that an untrained path outputs exactly bicubic(x)."""
+    for p in layer.parameters(recurse=False):
+        nn.init.zeros_(p)
+    return layer
+
+
+def upsample_factors(scale: int) -> tuple[int, ...]:
+    """Pixel-shuffle stages: log2(scale) x2 stages for powers of two, one x3 stage for 3."""
+    if scale == 3:
+        return (3,)
+    if scale >= 2 and scale & (scale - 1) == 0:
+        return (2,) * int(math.log2(scale))
+    raise ValueError(f"pixel-shuffle upsampling supports x3 and powers of two, not x{scale}")
+
+
+class ConvAct(nn.Sequential):
+    """``conv`` (same padding) followed by ``act`` (omitted when ``act`` is None)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *,
+                 act: str | None = None, groups: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2,
+                              groups=groups)
+        if act is not None:
+            self.act = make_act(act, out_channels)
+
+
+class ResidualBlock(nn.Module):
+    """EDSR/MSRResNet block without BN: ``x + conv2(relu(conv1(x)))``.
+
+    Kaiming init scaled by ``init_scale`` (BasicSR's 0.1) keeps a deep stack near identity.
+    """
+
+    def __init__(self, channels: int, *, init_scale: float = 0.1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.act = nn.ReLU(inplace=True)
+        for conv in (self.conv1, self.conv2):
+            nn.init.kaiming_normal_(conv.weight)
+            conv.weight.data.mul_(init_scale)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(self.act(self.conv1(x)))
+
+
+class UpsampleHead(nn.Module):
+    """Pixel-shuffle head: per stage ``upconv`` (3x3, to width*r^2) -> PixelShuffle(r) -> act,
+    then an optional ``conv_hr`` (3x3 + act) and ``conv_last`` (3x3 to ``out_channels``, zeroed).
+
+    ``widths[i]`` is the channel count after stage i's shuffle, so one class covers the full
+    CARN-M / MSRResNet upsamplers and their lighter exit heads.
+    """
+
+    def __init__(self, *, in_channels: int, widths: Sequence[int], factors: Sequence[int],
+                 act: str, groups: int = 1, hr_conv: bool = False, out_channels: int = 3) -> None:
+        super().__init__()
+        if len(widths) != len(factors):
+            raise ValueError(f"one width per stage: widths {tuple(widths)}, factors {factors}")
+        if act == "prelu":
+            raise ValueError("UpsampleHead reuses one stateless activation; use relu or lrelu")
+        self.upconv = nn.ModuleList()
+        self.shuffle = nn.ModuleList()
+        cin = in_channels
+        for width, r in zip(widths, factors):
+            self.upconv.append(nn.Conv2d(cin, width * r * r, 3, padding=1, groups=groups))
+            self.shuffle.append(nn.PixelShuffle(r))
+            cin = width
+        self.act = make_act(act)
+        self.conv_hr = nn.Conv2d(cin, cin, 3, padding=1) if hr_conv else None
+        self.conv_last = zero_init_(nn.Conv2d(cin, out_channels, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for upconv, shuffle in zip(self.upconv, self.shuffle):
+            x = self.act(shuffle(upconv(x)))
+        if self.conv_hr is not None:
+            x = self.act(self.conv_hr(x))
+        return self.conv_last(x)
+
+
+class DeconvHead(nn.Module):
+    """FSRCNN-style head: ``conv`` (k x k) -> ``act`` -> ``deconv`` (9x9 transposed, stride =
+    scale, zeroed). Output is exactly ``scale`` x the input size (padding 4, output_padding s-1)."""
+
+    def __init__(self, *, in_channels: int, mid_channels: int, scale: int, kernel_size: int,
+                 act: str, out_channels: int = 3, deconv_size: int = 9) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, mid_channels, kernel_size, padding=kernel_size // 2)
+        self.act = make_act(act, mid_channels)
+        self.deconv = zero_init_(nn.ConvTranspose2d(
+            mid_channels, out_channels, deconv_size, stride=scale, padding=deconv_size // 2,
+            output_padding=scale - 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.deconv(self.act(self.conv(x)))
+
+
+def exits_descriptor(name: str, scale: int) -> ModelDescriptor:
+    """Tiling facts shared by the ENAF backbones.
+
+    ENAF routes 32x32 LR patches (its estimator and FLOPs table are per 32x32 patch). margin 2:
+    the bicubic skip reads 2 LR px each side, so with it every path-0 tile is exact, and the
+    outermost 1-2 px are where the zero padding of the 3x3 conv stacks errs most. overlap 8 >
+    2*margin leaves a 4 px blend ramp; the nets' receptive fields are wider, so not exact.
+    """
+    return ModelDescriptor(
+        name=name, scale=scale, margin=2, exact_tiling=False, default_tile=32,
+        default_overlap=8, routing=Routing.EXITS,
+        flops_note="classsr: 2x MACs of conv/linear, transposed convs at output resolution; "
+                   "path 0 (bicubic) counted as 0; PSNR estimator counted separately")
+
+
+class _PathNet(nn.Module):
+    """The modules of one path (prefix + head), only for counting its FLOPs."""
+
+    def __init__(self, segments: Sequence[nn.Module], head: nn.Module) -> None:
+        super().__init__()
+        self.segments = nn.ModuleList(segments)
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for segment in self.segments:
+            x = segment(x)
+        return self.head(x)
+
+
+class MultiExitSR(nn.Module):
+    """A multi-exit SR network: path 0 bicubic, paths 1-2 early exits, path 3 the full net.
+
+    Path p >= 1 computes ``heads[p-1](segments[:attach[p-1]](x)) + bicubic(x)`` and nothing
+    else. ``attach`` must be non-decreasing and the full head must read after the last segment.
+    """
+
+    num_paths: int = 4
+
+    def __init__(self, *, segments: Sequence[nn.Module], heads: Sequence[nn.Module],
+                 attach: tuple[int, int, int], scale: int, descriptor: ModelDescriptor) -> None:
+        super().__init__()
+        self.segments = nn.ModuleList(segments)
+        self.heads = nn.ModuleList(heads)
+        attach = tuple(int(a) for a in attach)
+        if len(self.heads) != self.num_paths - 1 or len(attach) != self.num_paths - 1:
+            raise ValueError(f"need {self.num_paths - 1} heads and attach points")
+        if not 1 <= attach[0] <= attach[1] <= attach[2] == len(self.segments):
+            raise ValueError(f"attach {attach} must be non-decreasing in [1, {len(self.segments)}] "
+                             "and end at the last segment")
+        self.attach: tuple[int, int, int] = attach  # type: ignore[assignment]
+        self.scale = scale
+        self.descriptor = descriptor
+        self._flops_cache: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+
+    def depth(self, path: int) -> int:
+        """How many trunk segments ``path`` runs (0 for bicubic)."""
+        if not 0 <= path < self.num_paths:
+            raise ValueError(f"path must be in [0, {self.num_paths - 1}], got {path}")
+        return 0 if path == 0 else self.attach[path - 1]
+
+    def trunk_features(self, x: torch.Tensor, depth: int) -> torch.Tensor:
+        """Features after the first ``depth`` trunk segments."""
+        for segment in self.segments[:depth]:
+            x = segment(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The static backbone: path 3."""
+        return self.forward_path(x, self.num_paths - 1)
+
+    def forward_path(self, x: torch.Tensor, path: int) -> torch.Tensor:
+        """Output of one path for the whole batch; runs only that path's prefix and head."""
+        path = int(path)
+        skip = bicubic(x, self.scale)
+        if self.depth(path) == 0:
+            return skip
+        return self.heads[path - 1](self.trunk_features(x, self.depth(path))) + skip
+
+    def forward_paths(self, x: torch.Tensor, paths: torch.Tensor) -> torch.Tensor:
+        """Batched routed execution, ``paths[i]`` chosen for patch ``x[i]``.
+
+        The trunk runs once per patch, segment by segment, on only the patches still needing
+        it; each head runs on its own group as soon as its segment is done; path-0 patches run
+        no network at all. Equal to stacking ``forward_path(x[i:i+1], paths[i])``.
+        """
+        paths = torch.as_tensor(paths).detach().to("cpu", torch.long)
+        if paths.shape != (x.shape[0],):
+            raise ValueError(f"paths must have shape ({x.shape[0]},), got {tuple(paths.shape)}")
+        if paths.numel() and not bool(((paths >= 0) & (paths < self.num_paths)).all()):
+            raise ValueError(f"paths must be in [0, {self.num_paths - 1}]")
+        out = bicubic(x, self.scale)
+        skip = out
+        depth = torch.tensor((0, *self.attach))[paths]
+        idx = torch.nonzero(depth > 0).flatten()  # patches in the trunk batch, CPU
+        feats = x.index_select(0, idx.to(x.device))
+        for k, segment in enumerate(self.segments, start=1):
+            if idx.numel() == 0:
+                break
+            feats = segment(feats)
+            for h, head in enumerate(self.heads):
+                sel = paths[idx] == h + 1
+                if self.attach[h] != k or not bool(sel.any()):
+                    continue
+                rows = idx[sel].to(x.device)
+                y = head(feats[sel.to(x.device)]) + skip.index_select(0, rows)
+                out = out.index_copy(0, rows, y)
+            keep = depth[idx] > k
+            idx, feats = idx[keep], feats[keep.to(x.device)]
+        return out
+
+    def path_flops(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """classsr FLOPs of each path for one ``height x width`` LR patch (path 0 = 0), cached."""
+        key = (int(height), int(width))
+        if key not in self._flops_cache:
+            costs = [0]
+            for head, depth in zip(self.heads, self.attach):
+                net = _PathNet(list(self.segments[:depth]), head)
+                costs.append(count_flops(net, (1, 3, *key), "classsr"))
+            self._flops_cache[key] = tuple(costs)  # type: ignore[assignment]
+        return self._flops_cache[key]
+
+
+class PSNREstimator(nn.Module):
+    """ClassSR's classifier shape as a regressor: predicted PSNR (dB) of every path, (N, paths).
+
+    conv 3->128 k4 s4, LeakyReLU(0.1), 3 x [1x1 128->128 + LeakyReLU(0.1)], 1x1 128->32,
+    global average pool, Linear 32->num_paths. Per 32x32 patch (classsr): 786,432 + 3 x
+    2,097,152 + 524,288 + 2*32*4 = 7,602,432 FLOPs. ``fc.bias`` starts at ``init_psnr``.
+    """
+
+    def __init__(self, *, num_paths: int = 4, in_channels: int = 3, width: int = 128,
+                 feat: int = 32, init_psnr: float = 30.0) -> None:
+        super().__init__()
+        self.conv_first = nn.Conv2d(in_channels, width, 4, stride=4)
+        self.act = nn.LeakyReLU(0.1, inplace=True)
+        self.body = nn.Sequential(*(ConvAct(width, width, 1, act="lrelu") for _ in range(3)))
+        self.conv_last = nn.Conv2d(width, feat, 1)
+        self.fc = nn.Linear(feat, num_paths)
+        nn.init.constant_(self.fc.bias, init_psnr)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv_last(self.body(self.act(self.conv_first(x))))
+        return self.fc(y.mean(dim=(2, 3)))
+
+
+_LAPLACIAN = ((0.0, 1.0, 0.0), (1.0, -4.0, 1.0), (0.0, 1.0, 0.0))
+
+
+def blank_score(x: torch.Tensor) -> torch.Tensor:
+    """ENAF/ARM edge score of (N,3,h,w) RGB patches in [0,1] -> (N,) float32.
+
+    As uint8 (``round(255x)``), gray ``0.299R + 0.587G + 0.114B`` rounded half up like
+    cv2/PIL, valid 3x3 Laplacian [[0,1,0],[1,-4,1],[0,1,0]], absolute value, mean per patch.
+    """
+    if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] < 3 or x.shape[3] < 3:
+        raise ValueError(f"expected (N,3,h,w) with h,w >= 3, got {tuple(x.shape)}")
+    u8 = torch.round(x.detach().to(torch.float64).clamp(0.0, 1.0) * 255.0)
+    gray = torch.floor(0.299 * u8[:, 0] + 0.587 * u8[:, 1] + 0.114 * u8[:, 2] + 0.5)
+    kernel = torch.tensor(_LAPLACIAN, dtype=torch.float64, device=x.device)[None, None]
+    edges = F.conv2d(gray[:, None], kernel).abs()
+    return edges.mean(dim=(1, 2, 3)).to(torch.float32)
+
+
+def is_blank(x: torch.Tensor, threshold: float = BLANK_THRESHOLD) -> torch.Tensor:
+    """(N,) bool: ENAF's blank test, ``blank_score <= threshold``."""
+    return blank_score(x) <= threshold

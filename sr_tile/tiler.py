@@ -1,0 +1,232 @@
+"""Seam-free, streaming tiled inference.
+
+An LR image is cut into overlapping tiles on a fixed grid; each tile's output is
+weighted by a smooth window and summed; the sum is divided by the summed weights.
+
+Windows. Along each axis a tile's weight is 1 in its interior. At an edge shared
+with a neighbour it is 0 over the first ``margin`` LR pixels (output there is
+not trusted: the network saw padding instead of the neighbour's pixels), then
+rises as a raised cosine over ``ramp = overlap - 2 * margin`` pixels. At an
+image border the weight stays 1: there whole-image inference sees the same
+border. So when ``margin`` covers a network's receptive field, every output
+pixel is a convex combination of exact values: tiled output equals whole-image
+output up to float rounding, whatever the tile size.
+
+Weights are separable and the tiles form a full product grid, so the summed
+weight map is the outer product of two 1-D sums: it is never stored in 2-D.
+
+Streaming. Tiles are processed one tile row at a time (batched across columns).
+After a row, every output row above the next tile row's start is final and is
+yielded as a band; only ``tile * scale`` output rows are ever held in float.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sr_tile.errors import ConfigError
+
+TileFn = Callable[[torch.Tensor], torch.Tensor]
+BAND_ROWS = 256  # output rows normalised and converted at a time
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """The tile grid along one axis, in LR pixels."""
+
+    length: int  # image length along this axis
+    tile: int  # tile length actually used (<= length unless padded for size_multiple)
+    starts: tuple[int, ...]
+    margin: int
+    ramp: int
+
+    @property
+    def count(self) -> int:
+        return len(self.starts)
+
+
+def plan_axis(length: int, tile: int, overlap: int, margin: int) -> TilePlan:
+    """Tile starts covering [0, length): stride ``tile - overlap``; the last tile is
+    shifted left so it ends at the border (all tiles keep the same size)."""
+    if length <= tile:
+        return TilePlan(length, length, (0,), margin, max(overlap - 2 * margin, 1))
+    stride = tile - overlap
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)
+    return TilePlan(length, tile, tuple(starts), margin, overlap - 2 * margin)
+
+
+def edge_ramp(n: int, margin: int, ramp: int, scale: int) -> np.ndarray:
+    """Weights of the first ``n`` output pixels next to an interior edge."""
+    t = np.arange(n, dtype=np.float64) + 0.5  # pixel centres, output pixels
+    lo, width = margin * scale, ramp * scale
+    x = np.clip((t - lo) / width, 0.0, 1.0)
+    w = np.sin(0.5 * math.pi * x) ** 2
+    w[t < lo] = 0.0
+    return w
+
+
+def tile_weights(plan: TilePlan, index: int, scale: int) -> np.ndarray:
+    """1-D output-resolution weight window of tile ``index`` of ``plan``."""
+    n = plan.tile * scale
+    w = np.ones(n, dtype=np.float64)
+    k = min((plan.margin + plan.ramp) * scale, n)
+    ramp = edge_ramp(k, plan.margin, plan.ramp, scale)
+    if index > 0:  # left/top neighbour
+        w[:k] *= ramp
+    if index < plan.count - 1:  # right/bottom neighbour
+        w[n - k :] *= ramp[::-1]
+    return w
+
+
+def weight_sum(plan: TilePlan, scale: int) -> np.ndarray:
+    """Summed weights of all tiles along the axis, at output resolution."""
+    total = np.zeros(plan.length * scale, dtype=np.float64)
+    for i, s in enumerate(plan.starts):
+        total[s * scale : (s + plan.tile) * scale] += tile_weights(plan, i, scale)
+    if total.min() <= 0:
+        raise AssertionError("tile grid leaves pixels without weight")  # a bug, never input
+    return total
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """User-facing tiling options, already resolved against a model descriptor."""
+
+    tile: int
+    overlap: int
+    margin: int
+    size_multiple: int = 1
+    batch_size: int = 4
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        tile: int | None,
+        overlap: int | None,
+        margin: int,
+        default_tile: int,
+        default_overlap: int,
+        size_multiple: int = 1,
+        batch_size: int = 4,
+    ) -> TileConfig:
+        """Fill defaults and check that the grid can be seam-free."""
+        tile = default_tile if tile is None else tile
+        overlap = default_overlap if overlap is None else overlap
+        if tile <= 0 or overlap < 0 or batch_size <= 0:
+            raise ConfigError("--tile and --batch-size must be positive, --overlap >= 0")
+        tile = -(-tile // size_multiple) * size_multiple
+        if overlap <= 2 * margin:
+            raise ConfigError(
+                f"--overlap {overlap} is too small: this model needs more than {2 * margin} "
+                f"(its outputs within {margin} px of a tile edge are discarded)"
+            )
+        if overlap >= tile:
+            raise ConfigError(f"--overlap {overlap} must be smaller than --tile {tile}")
+        return cls(tile, overlap, margin, size_multiple, batch_size)
+
+    def plans(self, height: int, width: int) -> tuple[TilePlan, TilePlan]:
+        return (
+            plan_axis(height, self.tile, self.overlap, self.margin),
+            plan_axis(width, self.tile, self.overlap, self.margin),
+        )
+
+    def count(self, height: int, width: int) -> int:
+        py, px = self.plans(height, width)
+        return py.count * px.count
+
+
+def _to_float(block: np.ndarray) -> torch.Tensor:
+    """(h, w, C) integer or float block -> (C, h, w) float32 in [0, 1]."""
+    t = torch.from_numpy(np.ascontiguousarray(block))
+    if block.dtype == np.uint8:
+        t = t.float().div_(255.0)
+    elif block.dtype == np.uint16:
+        t = t.float().div_(65535.0)
+    else:
+        t = t.float()
+    return t.permute(2, 0, 1)
+
+
+def _from_float(band: torch.Tensor, dtype: np.dtype) -> np.ndarray:
+    """(C, h, w) float band -> (h, w, C) array of ``dtype``, rounded and clipped."""
+    if dtype == np.uint8 or dtype == np.uint16:
+        peak = 255.0 if dtype == np.uint8 else 65535.0
+        band = band.clamp(0.0, 1.0).mul_(peak).round_()
+        out = band.to(torch.int32).permute(1, 2, 0).numpy().astype(dtype)
+    else:
+        out = band.permute(1, 2, 0).numpy().astype(dtype)
+    return np.ascontiguousarray(out)
+
+
+def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int, int]:
+    """Reflect-pad (N, C, h, w) on the bottom/right up to a multiple; returns pads."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode=mode)
+    return x, ph, pw
+
+
+def tiled_upscale(
+    image: np.ndarray,
+    fn: TileFn,
+    *,
+    scale: int,
+    config: TileConfig,
+    out_dtype: np.dtype | None = None,
+    on_tiles: Callable[[int], None] | None = None,
+) -> Iterator[np.ndarray]:
+    """Upscale ``image`` (H, W, C) tile by tile; yield output bands top to bottom.
+
+    ``fn`` maps a float batch (N, C, h, w) in [0, 1] to (N, C, h*scale, w*scale).
+    Bands are (rows, W*scale, C) arrays of ``out_dtype`` (default: the input's).
+    ``on_tiles(n)`` is called after each batch with the number of tiles done in it.
+    """
+    height, width, channels = image.shape
+    dtype = np.dtype(out_dtype or image.dtype)
+    py, px = config.plans(height, width)
+    s = scale
+    wx = [torch.from_numpy(tile_weights(px, j, s)).float() for j in range(px.count)]
+    norm_x = torch.from_numpy(1.0 / weight_sum(px, s)).float()
+    norm_y = torch.from_numpy(1.0 / weight_sum(py, s)).float()
+    out_w = width * s
+
+    rows = py.tile * s
+    acc = torch.zeros(channels, rows, out_w)
+    acc_top = 0  # output row of acc[:, 0]; always the current tile row's first row
+    for i, y0 in enumerate(py.starts):
+        wy = torch.from_numpy(tile_weights(py, i, s)).float()
+        for b0 in range(0, px.count, config.batch_size):
+            cols = range(b0, min(b0 + config.batch_size, px.count))
+            batch = torch.stack(
+                [
+                    _to_float(image[y0 : y0 + py.tile, px.starts[j] : px.starts[j] + px.tile])
+                    for j in cols
+                ]
+            )
+            batch, _, _ = _pad_to_multiple(batch, config.size_multiple)
+            out = fn(batch)[..., :rows, : px.tile * s].float().cpu()
+            for k, j in enumerate(cols):
+                x0 = px.starts[j] * s
+                acc[:, :, x0 : x0 + px.tile * s] += out[k] * wy[None, :, None] * wx[j]
+            if on_tiles is not None:
+                on_tiles(len(cols))
+        # Output rows above the next tile row are final: normalise and emit them in
+        # chunks, so the float temporaries stay small.
+        done = (py.starts[i + 1] * s if i + 1 < py.count else height * s) - acc_top
+        for r in range(0, done, BAND_ROWS):
+            r1 = min(r + BAND_ROWS, done)
+            band = acc[:, r:r1] * norm_y[acc_top + r : acc_top + r1, None] * norm_x
+            yield _from_float(band, dtype)
+        keep = rows - done
+        acc[:, :keep] = acc[:, done:].clone()
+        acc[:, keep:] = 0
+        acc_top += done

@@ -1,0 +1,288 @@
+"""ENAF multi-exit backbones, PSNR estimator and blank score (CPU, small inputs)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from sr_tile.flops import count_flops
+from sr_tile.imresize import imresize
+from sr_tile.models.descriptor import Routing
+from sr_tile.models.enaf_carn import build as build_carn
+from sr_tile.models.enaf_fsrcnn import EnafFSRCNN, FSRCNNConfig
+from sr_tile.models.enaf_fsrcnn import build as build_fsrcnn
+from sr_tile.models.enaf_srresnet import SRResNetConfig
+from sr_tile.models.enaf_srresnet import build as build_srresnet
+from sr_tile.models.layers import (BLANK_THRESHOLD, MultiExitSR, PSNREstimator, blank_score,
+                                   is_blank)
+
+PAPER_FLOPS = {  # per 32x32 LR patch at x4, classsr convention: exit 1, exit 2, full
+    "fsrcnn": (146e6, 315e6, 468e6),
+    "carn": (779e6, 869e6, 1162e6),
+    "srresnet": (2.05e9, 3.66e9, 5.19e9),
+}
+
+
+def _fsrcnn_3seg(*, scale: int = 4) -> EnafFSRCNN:
+    """Exits after map2 and map3: three trunk segments, attach (1, 2, 3)."""
+    return EnafFSRCNN(config=FSRCNNConfig(scale=scale, exit_after=(2, 3)))
+
+
+BUILDERS: dict[str, Callable[..., MultiExitSR]] = {
+    "fsrcnn": build_fsrcnn, "carn": build_carn, "srresnet": build_srresnet,
+    "fsrcnn-3seg": _fsrcnn_3seg,
+}
+
+
+def _trained_like(model: MultiExitSR, seed: int = 0) -> MultiExitSR:
+    """Give the zero-initialised last layers random weights so that every head matters."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+    return model.eval()
+
+
+def _allowed_modules(model: MultiExitSR, path: int) -> set[int]:
+    if path == 0:
+        return set()
+    parts = [*model.segments[:model.depth(path)], model.heads[path - 1]]
+    return {id(m) for part in parts for m in part.modules()}
+
+
+def _record_calls(model: MultiExitSR) -> list[tuple[nn.Module, int]]:
+    """Hook every submodule; each call appends (module, batch size of its first input)."""
+    calls: list[tuple[nn.Module, int]] = []
+    for module in model.modules():
+        if module is not model:
+            module.register_forward_hook(
+                lambda m, inputs, _out: calls.append((m, int(inputs[0].shape[0]))))
+    return calls
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_FLOPS))
+def test_path_flops_match_paper(name: str) -> None:
+    model = BUILDERS[name](scale=4)
+    costs = model.path_flops(32, 32)
+    assert len(costs) == model.num_paths == 4
+    assert costs[0] == 0
+    for got, paper in zip(costs[1:], PAPER_FLOPS[name]):
+        assert abs(got / paper - 1) < 0.03, (name, got, paper)
+    assert costs[0] < costs[1] < costs[2] < costs[3]
+    assert model.path_flops(32, 32) is costs  # cached
+    assert model.path_flops(64, 32)[3] == 2 * costs[3]  # pure convs: linear in area
+
+
+def test_path_flops_exact_arithmetic() -> None:
+    """The sums written out in the module docstrings, to the FLOP."""
+    assert build_fsrcnn().path_flops(32, 32) == (0, 143_572_992, 315_211_776, 467_877_888)
+    assert build_carn().path_flops(32, 32) == (0, 772_669_440, 862_322_688, 1_154_875_392)
+    assert build_srresnet().path_flops(32, 32) == (
+        0, 2_056_126_464, 3_655_729_152, 5_193_990_144)
+    assert _fsrcnn_3seg().path_flops(32, 32)[1] == 146_227_200
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_output_shapes(name: str, scale: int) -> None:
+    model = _trained_like(BUILDERS[name](scale=scale))
+    x = torch.rand(2, 3, 24, 20)
+    with torch.no_grad():
+        for path in range(4):
+            assert model.forward_path(x, path).shape == (2, 3, 24 * scale, 20 * scale)
+        assert model.forward_paths(x, torch.tensor([1, 3])).shape == (2, 3, 24 * scale, 20 * scale)
+    assert model.scale == model.descriptor.scale == scale
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_exit_never_runs_deeper_layers(name: str) -> None:
+    model = _trained_like(BUILDERS[name]())
+    calls = _record_calls(model)
+    x = torch.rand(1, 3, 12, 12)
+    for path in range(4):
+        calls.clear()
+        with torch.no_grad():
+            model.forward_path(x, path)
+        fired = {id(m) for m, _ in calls}
+        allowed = _allowed_modules(model, path)
+        assert fired <= allowed, f"path {path} ran modules outside its prefix + head"
+        if path == 0:
+            assert calls == []
+            continue
+        convs = {id(m) for m in model.modules() if id(m) in allowed
+                 and isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))}
+        assert convs <= fired  # and the whole prefix + head did run
+        segs = [i for i, s in enumerate(model.segments) if id(s) in fired]
+        heads = [i for i, h in enumerate(model.heads) if id(h) in fired]
+        assert segs == list(range(model.depth(path))) and heads == [path - 1]
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_forward_paths_runs_each_segment_on_exactly_its_patches(name: str) -> None:
+    model = _trained_like(BUILDERS[name]())
+    calls = _record_calls(model)
+    paths = torch.tensor([0, 3, 1, 2, 2, 0, 1, 3, 3])
+    with torch.no_grad():
+        model.forward_paths(torch.rand(len(paths), 3, 12, 12), paths)
+    depth = torch.tensor([model.depth(p) for p in range(4)])[paths]
+    for k, segment in enumerate(model.segments):
+        seen = [n for m, n in calls if m is segment]
+        assert seen == [int((depth > k).sum())], (k, seen)
+    for h, head in enumerate(model.heads):
+        assert [n for m, n in calls if m is head] == [int((paths == h + 1).sum())]
+
+    calls.clear()
+    with torch.no_grad():
+        out = model.forward_paths(torch.rand(3, 3, 12, 12), torch.zeros(3, dtype=torch.long))
+    assert calls == [] and out.shape == (3, 3, 48, 48)
+
+    calls.clear()
+    with torch.no_grad():
+        model.forward_paths(torch.rand(2, 3, 12, 12), torch.tensor([1, 1]))
+    assert {id(m) for m, _ in calls} <= _allowed_modules(model, 1)
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_forward_paths_equals_per_patch_forward_path(name: str) -> None:
+    model = _trained_like(BUILDERS[name](), seed=1)
+    gen = torch.Generator().manual_seed(2)
+    paths = torch.cat([torch.arange(4), torch.randint(0, 4, (5,), generator=gen)])
+    paths = paths[torch.randperm(len(paths), generator=gen)]
+    x = torch.rand(len(paths), 3, 16, 12, generator=gen)
+    with torch.no_grad():
+        batched = model.forward_paths(x, paths)
+        single = torch.cat([model.forward_path(x[i:i + 1], int(p)) for i, p in enumerate(paths)])
+        # the heads really differ, so a mix-up of paths could not pass
+        assert (model.forward_path(x, 1) - model.forward_path(x, 3)).abs().max() > 1e-3
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_forward_paths_backward_reaches_only_the_used_heads(name: str) -> None:
+    model = _trained_like(BUILDERS[name]()).train()
+    out = model.forward_paths(torch.rand(3, 3, 12, 12), torch.tensor([0, 3, 1]))
+    out.square().mean().backward()
+    grads = [any(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+             for head in model.heads]
+    assert grads == [True, False, True]
+    assert all(p.grad is not None for p in model.segments.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_untrained_model_is_bicubic_on_every_path(name: str) -> None:
+    model = BUILDERS[name]().eval()
+    x = torch.rand(2, 3, 14, 10)
+    expected = imresize(x, 4, antialias=False)
+    with torch.no_grad():
+        for path in range(4):
+            assert torch.equal(model.forward_path(x, path), expected), path
+        assert torch.equal(model.forward_paths(x, torch.tensor([2, 1])), expected)
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_forward_is_the_full_path(name: str) -> None:
+    model = _trained_like(BUILDERS[name]())
+    x = torch.rand(2, 3, 10, 10)
+    with torch.no_grad():
+        assert torch.equal(model(x), model.forward_path(x, 3))
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_descriptor(name: str) -> None:
+    d = BUILDERS[name](scale=3).descriptor
+    assert d.routing is Routing.EXITS and d.scale == 3 and d.default_tile == 32
+    assert d.default_overlap > 2 * d.margin and not d.exact_tiling
+
+
+def test_bad_paths_and_configs_are_rejected() -> None:
+    model = build_fsrcnn()
+    x = torch.rand(2, 3, 8, 8)
+    with pytest.raises(ValueError):
+        model.forward_paths(x, torch.tensor([0, 4]))
+    with pytest.raises(ValueError):
+        model.forward_paths(x, torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError):
+        model.forward_path(x, -1)
+    with pytest.raises(ValueError):
+        FSRCNNConfig(exit_after=(3, 3))
+    with pytest.raises(ValueError):
+        SRResNetConfig(exit_after=(9, 17))
+    with pytest.raises(ValueError):
+        build_carn(scale=5)
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_safetensors_round_trip(name: str, tmp_path: Path) -> None:
+    model = _trained_like(BUILDERS[name](), seed=3)
+    file = tmp_path / "w.safetensors"
+    save_file(model.state_dict(), str(file))
+    fresh = BUILDERS[name]().eval()
+    fresh.load_state_dict(load_file(str(file)), strict=True)
+    x = torch.rand(3, 3, 12, 12)
+    with torch.no_grad():
+        for path in range(4):
+            assert torch.equal(fresh.forward_path(x, path), model.forward_path(x, path))
+    assert all(k.startswith(("segments.", "heads.")) for k in model.state_dict())
+
+
+def test_psnr_estimator_shape_init_and_flops() -> None:
+    est = PSNREstimator().eval()
+    with torch.no_grad():
+        out = est(torch.rand(5, 3, 32, 32))
+    assert out.shape == (5, 4)
+    assert (out - 30.0).abs().max() < 3.0  # starts near a typical PSNR
+    expected = (2 * 3 * 16 * 128 * 64      # conv 3->128 k4 s4: 8x8 outputs
+                + 3 * 2 * 128 * 128 * 64   # three 1x1 128->128
+                + 2 * 128 * 32 * 64        # 1x1 128->32
+                + 2 * 32 * 4)              # Linear 32->4
+    assert count_flops(est, (1, 3, 32, 32), "classsr") == expected == 7_602_432
+
+
+def _patch(img: np.ndarray, y: int, x: int, size: int = 32) -> torch.Tensor:
+    crop = img[y:y + size, x:x + size]
+    return torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float() / 255
+
+
+def test_blank_score_flat_and_checkerboard() -> None:
+    flat = torch.full((2, 3, 16, 16), 0.37)
+    assert torch.equal(blank_score(flat), torch.zeros(2))
+    checker = ((torch.arange(16)[:, None] + torch.arange(16)[None, :]) % 2).float()
+    score = blank_score(checker.expand(1, 3, 16, 16))
+    assert score.shape == (1,) and float(score) == 4 * 255  # |+-4*255| everywhere
+
+
+def test_blank_score_threshold_semantics() -> None:
+    """A gray impulse v in a 10x10 patch: valid Laplacian sums to 8v over 64 px, score v/8."""
+    def impulse(v: int) -> torch.Tensor:
+        x = torch.zeros(1, 3, 10, 10)
+        x[..., 4, 4] = v / 255
+        return x
+
+    assert float(blank_score(impulse(80))) == BLANK_THRESHOLD == 10.0
+    assert bool(is_blank(impulse(80))) and not bool(is_blank(impulse(81)))
+    both = torch.cat([impulse(80), impulse(88)])
+    assert is_blank(both).tolist() == [True, False]
+
+
+def test_blank_score_on_a_photo(astronaut: np.ndarray) -> None:
+    background = _patch(astronaut, 20, 300)  # plain studio backdrop
+    hair = _patch(astronaut, 20, 180)
+    flag = _patch(astronaut, 150, 0)
+    scores = blank_score(torch.cat([background, hair]))
+    assert float(scores[0]) <= BLANK_THRESHOLD < float(scores[1])
+    assert is_blank(torch.cat([background, hair])).tolist() == [True, False]
+    assert float(blank_score(flag)) < float(scores[1])
+    # independent reference: PIL's gray conversion and a numpy valid Laplacian
+    for y, x in [(20, 300), (20, 180), (150, 0), (300, 60), (100, 200)]:
+        gray = np.asarray(Image.fromarray(astronaut[y:y + 32, x:x + 32]).convert("L"), float)
+        lap = (gray[:-2, 1:-1] + gray[2:, 1:-1] + gray[1:-1, :-2] + gray[1:-1, 2:]
+               - 4 * gray[1:-1, 1:-1])
+        assert abs(float(blank_score(_patch(astronaut, y, x))) - np.abs(lap).mean()) < 0.05

@@ -1,0 +1,93 @@
+"""The library pipeline end to end: modes survive, tiles vanish, alpha is right."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+from sr_tile.imresize import imresize
+from sr_tile.io import read_image
+from sr_tile.models import MODELS, create_model
+from sr_tile.upscale import UpscaleOptions, Upscaler
+
+
+def upscale_to_array(pixels: np.ndarray, **kw) -> np.ndarray:
+    up = Upscaler(UpscaleOptions(**kw))
+    return np.concatenate(list(up.upscale_array(pixels)))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_registry_models_build_and_describe_themselves(name):
+    entry = MODELS[name]
+    for scale in entry.scales:
+        model = create_model(name, scale=scale, weights=False)
+        d = model.descriptor
+        assert d.name == name and d.scale == scale
+        assert d.default_overlap > 2 * d.margin
+        x = torch.rand(1, 3, 16, 24)
+        with torch.no_grad():
+            assert model(x).shape == (1, 3, 16 * scale, 24 * scale)
+
+
+@pytest.mark.parametrize("tile", [16, 37, 64, 1000])
+def test_bicubic_tiled_equals_whole_image_imresize(astronaut, tile):
+    pixels = astronaut[:90, :70].astype(np.float32) / 255
+    out = upscale_to_array(pixels, model="bicubic", scale=4, tile=tile, overlap=8)
+    whole = imresize(torch.from_numpy(pixels).permute(2, 0, 1)[None], 4, antialias=False)
+    assert np.abs(out - whole[0].permute(1, 2, 0).numpy()).max() < 1e-4
+
+
+def test_rgba_16bit_alpha_is_upscaled_and_kept(tmp_path, astronaut):
+    rgb = astronaut[:32, :40].astype(np.uint16) * 257
+    yy, xx = np.mgrid[:32, :40]
+    alpha = ((xx * 1600 + yy * 300) % 65536).astype(np.uint16)
+    src = tmp_path / "rgba16.tif"
+    tifffile.imwrite(src, np.dstack([rgb, alpha]), photometric="rgb", extrasamples=["unassalpha"])
+    dst = tmp_path / "out.tif"
+    Upscaler(UpscaleOptions(scale=2)).upscale_file(src, dst)
+    out = read_image(dst).pixels
+    assert out.dtype == np.uint16 and out.shape == (64, 80, 4)
+    expected = imresize(torch.from_numpy(alpha / 65535.0)[None, None], 2, antialias=False)
+    expected = (expected.clamp(0, 1) * 65535).round().numpy()[0, 0]
+    assert np.abs(out[..., 3].astype(float) - expected).max() <= 1
+
+
+def test_constant_alpha_passes_through_without_work(tmp_path, astronaut):
+    src = tmp_path / "rgba.png"
+    rgba = np.dstack([astronaut[:20, :20], np.full((20, 20), 200, np.uint8)])
+    Image.fromarray(rgba).save(src)
+    up = Upscaler(UpscaleOptions(scale=2))
+    real, calls = up.runner, []
+
+    def spy(batch):
+        calls.append(batch.shape[1])
+        return real(batch)
+
+    up.runner = spy
+    out = np.concatenate(list(up.upscale_array(read_image(src).pixels)))
+    assert calls and set(calls) == {3}  # only colour went through the model
+    assert (out[..., 3] == 200).all() and out.shape == (40, 40, 4)
+
+
+@pytest.mark.parametrize(
+    "mode,make",
+    [
+        ("L", lambda a: Image.fromarray(a[..., 1])),
+        ("I;16", lambda a: Image.fromarray(a[..., 1].astype(np.uint16) * 257)),
+        ("P", lambda a: Image.fromarray(a).quantize(64)),
+        ("RGBA", lambda a: Image.fromarray(np.dstack([a, a[..., 0]]))),
+    ],
+)
+def test_modes_survive_the_whole_pipeline(tmp_path, astronaut, mode, make):
+    src = tmp_path / f"in_{mode.replace(';', '')}.png"
+    make(astronaut[:24, :30]).save(src)
+    dst = tmp_path / "out.png"
+    report = Upscaler(UpscaleOptions(scale=2)).upscale_file(src, dst)
+    a, b = read_image(src).pixels, read_image(dst).pixels
+    assert b.shape == (48, 60, a.shape[2]) and b.dtype == a.dtype
+    assert report.out_width == 60 and report.out_height == 48
+    # bicubic keeps the mean colour of a photo
+    assert abs(float(a.mean()) - float(b.mean())) < 0.02 * float(np.iinfo(a.dtype).max)
