@@ -175,6 +175,26 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int,
     return x, ph, pw
 
 
+def tile_batches(
+    image: np.ndarray, config: TileConfig
+) -> Iterator[tuple[int, range, torch.Tensor]]:
+    """Batches of tiles in row-major order: (tile row, tile columns, float batch).
+
+    Every consumer (the tiler, a router's pre-pass, an exit map) walks tiles in
+    this one order.
+    """
+    py, px = config.plans(image.shape[0], image.shape[1])
+    for i, y0 in enumerate(py.starts):
+        for b0 in range(0, px.count, config.batch_size):
+            cols = range(b0, min(b0 + config.batch_size, px.count))
+            tiles = [
+                _to_float(image[y0 : y0 + py.tile, px.starts[j] : px.starts[j] + px.tile])
+                for j in cols
+            ]
+            batch, _, _ = _pad_to_multiple(torch.stack(tiles), config.size_multiple)
+            yield i, cols, batch
+
+
 def tiled_upscale(
     image: np.ndarray,
     fn: TileFn,
@@ -195,33 +215,17 @@ def tiled_upscale(
     py, px = config.plans(height, width)
     s = scale
     wx = [torch.from_numpy(tile_weights(px, j, s)).float() for j in range(px.count)]
+    wy = [torch.from_numpy(tile_weights(py, i, s)).float()[None, :, None] for i in range(py.count)]
     norm_x = torch.from_numpy(1.0 / weight_sum(px, s)).float()
     norm_y = torch.from_numpy(1.0 / weight_sum(py, s)).float()
-    out_w = width * s
+    rows, cols_out = py.tile * s, px.tile * s
+    acc = torch.zeros(channels, rows, width * s)
+    acc_top = 0  # output row of acc[:, 0]: the current tile row's first row
 
-    rows = py.tile * s
-    acc = torch.zeros(channels, rows, out_w)
-    acc_top = 0  # output row of acc[:, 0]; always the current tile row's first row
-    for i, y0 in enumerate(py.starts):
-        wy = torch.from_numpy(tile_weights(py, i, s)).float()
-        for b0 in range(0, px.count, config.batch_size):
-            cols = range(b0, min(b0 + config.batch_size, px.count))
-            batch = torch.stack(
-                [
-                    _to_float(image[y0 : y0 + py.tile, px.starts[j] : px.starts[j] + px.tile])
-                    for j in cols
-                ]
-            )
-            batch, _, _ = _pad_to_multiple(batch, config.size_multiple)
-            out = fn(batch)[..., :rows, : px.tile * s].float().cpu()
-            for k, j in enumerate(cols):
-                x0 = px.starts[j] * s
-                acc[:, :, x0 : x0 + px.tile * s] += out[k] * wy[None, :, None] * wx[j]
-            if on_tiles is not None:
-                on_tiles(len(cols))
-        # Output rows above the next tile row are final: normalise and emit them in
-        # chunks, so the float temporaries stay small.
-        done = (py.starts[i + 1] * s if i + 1 < py.count else height * s) - acc_top
+    def flush(upto: int) -> Iterator[np.ndarray]:
+        """Normalise and emit the final rows [acc_top, upto) in small chunks."""
+        nonlocal acc_top
+        done = upto - acc_top
         for r in range(0, done, BAND_ROWS):
             r1 = min(r + BAND_ROWS, done)
             band = acc[:, r:r1] * norm_y[acc_top + r : acc_top + r1, None] * norm_x
@@ -229,4 +233,15 @@ def tiled_upscale(
         keep = rows - done
         acc[:, :keep] = acc[:, done:].clone()
         acc[:, keep:] = 0
-        acc_top += done
+        acc_top = upto
+
+    for i, cols, batch in tile_batches(image, config):
+        if py.starts[i] * s != acc_top:  # a new tile row: rows above it are final
+            yield from flush(py.starts[i] * s)
+        out = fn(batch)[..., :rows, :cols_out].float().cpu()
+        for k, j in enumerate(cols):
+            x0 = px.starts[j] * s
+            acc[:, :, x0 : x0 + cols_out] += out[k] * wy[i] * wx[j]
+        if on_tiles is not None:
+            on_tiles(len(cols))
+    yield from flush(height * s)

@@ -29,7 +29,10 @@ from sr_tile.io import (
     write_image,
 )
 from sr_tile.models import DEFAULT_MODEL, create_model
-from sr_tile.tiler import TileConfig, tiled_upscale
+from sr_tile.models.enaf import EnafSR
+from sr_tile.models.descriptor import Routing
+from sr_tile.routing import RoutingOptions, eta_for_budget, fuse
+from sr_tile.tiler import TileConfig, tile_batches, tiled_upscale
 
 FLOPS_CONVENTION = "classsr"
 
@@ -49,6 +52,8 @@ class UpscaleOptions:
     overwrite: bool = False
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     write: WriteOptions = field(default_factory=WriteOptions)
+    routing: RoutingOptions = field(default_factory=RoutingOptions)
+    weights: str | None = None  # a weights file instead of the shipped one
 
 
 @dataclass
@@ -72,6 +77,9 @@ class ImageReport:
     flops_static: int | None = None
     flops_convention: str = FLOPS_CONVENTION
     flops_note: str | None = None
+    eta: float | None = None  # routed models: the eta used for this image
+    exits: dict[str, float] | None = None  # routed models: share of tiles per path
+    exit_map: str | None = None
 
     @property
     def flops_pct(self) -> float | None:
@@ -86,7 +94,7 @@ class ImageReport:
 
 
 class TileRunner:
-    """Runs the network on a batch of tiles and keeps the books.
+    """Runs a static network on batches of tiles and keeps the books.
 
     Colour goes through the model (gray is replicated to RGB and averaged back);
     alpha goes through bicubic, or through the model with ``alpha="model"``.
@@ -106,25 +114,35 @@ class TileRunner:
         self.flops = 0
         self.flops_static = 0
 
-    def _network(self, x: torch.Tensor) -> torch.Tensor:
+    def prepare(self, image: np.ndarray, tiling: TileConfig) -> None:
+        """Called once per image before its tiles; static networks need nothing."""
+
+    def exit_shares(self) -> dict[str, float] | None:
+        return None
+
+    def run_rgb(self, x: torch.Tensor, *, routed: bool) -> torch.Tensor:
+        """(N, 3, h, w) on the device -> upscaled; adds to the FLOPs tallies."""
+        flops = flops_cached(self.model, tuple(x.shape), FLOPS_CONVENTION)
+        self.flops += flops
+        self.flops_static += flops
+        return self.model(x)
+
+    def _network(self, x: torch.Tensor, *, routed: bool = True) -> torch.Tensor:
         """(N, 1 or 3, h, w) -> same channels, upscaled by the model."""
         gray = x.shape[1] == 1
-        if gray:
-            x = x.expand(-1, 3, -1, -1)
+        x = x.expand(-1, 3, -1, -1) if gray else x
         with torch.inference_mode():
-            y = self.model(x.to(self.device))
-        self.flops += flops_cached(self.model, tuple(x.shape), FLOPS_CONVENTION)
+            y = self.run_rgb(x.to(self.device), routed=routed)
         return y.mean(1, keepdim=True) if gray else y
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         start = time.perf_counter()
         n_color = 1 if batch.shape[1] in (1, 2) else 3
-        flops_before = self.flops
         parts = [self._network(batch[:, :n_color])]
         if batch.shape[1] > n_color:
             alpha = batch[:, n_color:]
             if self.alpha == "model":
-                parts.append(self._network(alpha))
+                parts.append(self._network(alpha, routed=False))
             else:
                 with torch.inference_mode():
                     parts.append(imresize(alpha.to(self.device), self.scale, antialias=False))
@@ -132,8 +150,74 @@ class TileRunner:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.seconds += time.perf_counter() - start
-        self.flops_static += self.flops - flops_before  # a static network costs the same
         return out
+
+
+class ExitRunner(TileRunner):
+    """ENAF: the estimator and blank vector pick a path per tile (Eq. 9).
+
+    Tiles are run by ``backbone.forward_paths``: grouped by path, the trunk
+    shared and cut at each tile's depth. ``flops`` counts the paths taken plus
+    the estimator on every tile; ``flops_static`` the full network on every tile.
+    Alpha with ``alpha="model"`` takes the full network.
+    """
+
+    PATH_NAMES = ("bicubic", "exit1", "exit2", "full")
+
+    def __init__(self, model: EnafSR, *, device: torch.device, alpha: str,
+                 routing: RoutingOptions) -> None:
+        self.routing = routing
+        self.eta = routing.resolve_eta(model.presets)
+        super().__init__(model, device=device, alpha=alpha)
+
+    def reset(self) -> None:
+        super().reset()
+        self.paths: list[int] = []
+        self._planned: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def prepare(self, image: np.ndarray, tiling: TileConfig) -> None:
+        """With a budget: estimate every tile first, then pick this image's eta."""
+        if self.routing.budget is None:
+            return
+        start = time.perf_counter()
+        color = image[..., : 1 if image.shape[2] in (1, 2) else 3]
+        with torch.inference_mode():
+            for _, _, batch in tile_batches(color, tiling):
+                x = batch.expand(-1, 3, -1, -1).to(self.device)
+                self._planned.append(self._estimate(x))
+        u = torch.cat([p[0] for p in self._planned])
+        blank = torch.cat([p[1] for p in self._planned])
+        py, px = tiling.plans(image.shape[0], image.shape[1])
+        h, w = py.tile, px.tile
+        full = self.model.backbone.path_flops(h, w)[-1]
+        self.eta = eta_for_budget(
+            u, blank, self.model.costs(h, w), gamma=self.routing.gamma,
+            budget=self.routing.budget, overhead=self.model.estimator_flops(h, w) / full,
+        )
+        self.seconds += time.perf_counter() - start
+
+    def _estimate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.flops += self.model.estimator_flops(*x.shape[-2:]) * x.shape[0]
+        u, blank = self.model.estimate(x)
+        return u.cpu(), blank.cpu()
+
+    def run_rgb(self, x: torch.Tensor, *, routed: bool) -> torch.Tensor:
+        costs = self.model.backbone.path_flops(*x.shape[-2:])
+        self.flops_static += costs[-1] * x.shape[0]
+        if not routed:
+            self.flops += costs[-1] * x.shape[0]
+            return self.model(x)
+        u, blank = self._planned.pop(0) if self._planned else self._estimate(x)
+        paths = fuse(u, blank, self.model.costs(*x.shape[-2:]), eta=self.eta,
+                     gamma=self.routing.gamma)
+        chosen = paths.tolist()
+        self.paths += chosen
+        self.flops += sum(costs[p] for p in chosen)
+        return self.model.backbone.forward_paths(x, paths)
+
+    def exit_shares(self) -> dict[str, float]:
+        n = max(len(self.paths), 1)
+        return {name: self.paths.count(j) / n for j, name in enumerate(self.PATH_NAMES)}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -160,7 +244,9 @@ class Upscaler:
         if options.alpha not in ("bicubic", "model"):
             raise ConfigError(f"--alpha must be bicubic or model, not {options.alpha!r}")
         self.device = resolve_device(options.device)
-        self.model = create_model(options.model, scale=options.scale).to(self.device)
+        self.model = create_model(
+            options.model, scale=options.scale, weights=options.weights or True
+        ).to(self.device)
         self.descriptor = d = self.model.descriptor
         self.tiling = TileConfig.resolve(
             tile=options.tile,
@@ -171,7 +257,12 @@ class Upscaler:
             size_multiple=d.size_multiple,
             batch_size=options.batch_size,
         )
-        self.runner = TileRunner(self.model, device=self.device, alpha=options.alpha)
+        if d.routing == Routing.EXITS:
+            self.runner: TileRunner = ExitRunner(
+                self.model, device=self.device, alpha=options.alpha, routing=options.routing
+            )
+        else:
+            self.runner = TileRunner(self.model, device=self.device, alpha=options.alpha)
 
     def tile_count(self, width: int, height: int) -> int:
         return self.tiling.count(height, width)
@@ -181,6 +272,8 @@ class Upscaler:
     ) -> Iterator[np.ndarray]:
         """Yield output bands of ``pixels`` (H, W, C) upscaled; constant alpha skips work."""
         s = self.options.scale
+        self.runner.reset()
+        self.runner.prepare(pixels, self.tiling)
         if pixels.shape[2] in (2, 4):
             alpha = pixels[..., -1]
             first = alpha.flat[0]
@@ -199,10 +292,12 @@ class Upscaler:
         on_start: Callable[[int], None] | None = None,
         on_tiles: Callable[[int], None] | None = None,
         on_warning: Callable[[str], None] | None = None,
+        exit_map: str | Path | None = None,
     ) -> ImageReport:
         """Read ``src``, upscale, write ``dst`` atomically; raise SrTileError on bad input.
 
-        ``on_start(total_tiles)`` is called once the image is decoded.
+        ``on_start(total_tiles)`` is called once the image is decoded. ``exit_map``:
+        for routed models, also write a picture of the path taken by every tile.
         """
         opts = self.options
         src, dst = Path(src), Path(dst)
@@ -214,7 +309,6 @@ class Upscaler:
         s = opts.scale
         if on_start is not None:
             on_start(self.tile_count(w, h))
-        self.runner.reset()
         bands = self.upscale_array(image.pixels, on_tiles)
         write_image(
             dst,
@@ -229,6 +323,12 @@ class Upscaler:
             overwrite=opts.overwrite,
             on_warning=on_warning,
         )
+        shares = self.runner.exit_shares()
+        if exit_map is not None and shares is not None:
+            from sr_tile.exitmap import write_exit_map
+
+            write_exit_map(exit_map, image.pixels, self.tiling, self.runner.paths,
+                           ExitRunner.PATH_NAMES, overwrite=opts.overwrite)
         return ImageReport(
             input=str(src),
             output=str(dst),
@@ -244,6 +344,9 @@ class Upscaler:
             flops=self.runner.flops,
             flops_static=self.runner.flops_static,
             flops_note=self.descriptor.flops_note or None,
+            eta=getattr(self.runner, "eta", None),
+            exits=shares,
+            exit_map=str(exit_map) if exit_map is not None and shares is not None else None,
         )
 
 

@@ -25,7 +25,15 @@ from sr_tile.flops import format_flops
 from sr_tile.io import DEFAULT_MAX_PIXELS, WriteOptions
 from sr_tile.models import DEFAULT_MODEL
 from sr_tile.paths import plan_jobs
+from sr_tile.routing import RoutingOptions
 from sr_tile.upscale import ImageReport, UpscaleOptions, Upscaler
+
+
+def _exit_map_path(option: Path | None, src: Path, n_jobs: int) -> Path | None:
+    if option is None or (n_jobs == 1 and option.suffix):
+        return option
+    option.mkdir(parents=True, exist_ok=True)
+    return option / f"{src.stem}_exits.png"
 
 
 def _seconds(x: float | None) -> str:
@@ -34,7 +42,9 @@ def _seconds(x: float | None) -> str:
 
 def report_table(reports: list[ImageReport]) -> Table:
     table = Table(title="sr-tile upscale (FLOPs: classsr convention)", title_justify="left")
-    for name in ("input", "size", "model", "latency", "total", "FLOPs", "% static", "status"):
+    routed = any(r.exits for r in reports)
+    names = ["input", "size", "model", "latency", "total", "FLOPs", "% static"]
+    for name in names + (["exits b/1/2/full"] if routed else []) + ["status"]:
         table.add_column(name, justify="left" if name in ("input", "model", "size") else "right")
     for r in reports:
         ok = r.status == "ok"
@@ -47,6 +57,8 @@ def report_table(reports: list[ImageReport]) -> Table:
             _seconds(r.total_s) if ok else "",
             format_flops(r.flops) if ok and r.flops is not None else "",
             f"{pct:.1f}%" if ok and pct is not None else "",
+            *(["/".join(f"{100 * v:.0f}" for v in r.exits.values()) if r.exits else ""]
+              if routed else []),
             {"ok": "[green]ok[/]", "skipped": "[yellow]skipped[/]"}.get(r.status, "[red]failed[/]"),
         )
     return table
@@ -86,6 +98,23 @@ def upscale(
         Optional[Path], typer.Option("--json", help="Write a machine-readable report here.")
     ] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    weights: Annotated[
+        Optional[str], typer.Option(help="Weights file to use instead of the shipped one.")
+    ] = None,
+    preset: Annotated[
+        Optional[str], typer.Option(help="Routed models: L (quality), M or S (speed).")
+    ] = None,
+    eta: Annotated[Optional[float], typer.Option(help="Routed models: cost weight of Eq. 9.")] = None,
+    gamma: Annotated[float, typer.Option(help="Routed models: blank-vector weight.")] = 1.0,
+    budget: Annotated[
+        Optional[float],
+        typer.Option(help="Routed models: mean FLOPs as a fraction of the full network."),
+    ] = None,
+    exit_map: Annotated[
+        Optional[Path],
+        typer.Option(help="Routed models: write the path of every tile as a PNG "
+                     "(a folder when there are several inputs)."),
+    ] = None,
 ) -> None:
     """Upscale images tile by tile; print latency and FLOPs per image."""
     options = UpscaleOptions(
@@ -100,6 +129,8 @@ def upscale(
         overwrite=overwrite,
         max_pixels=max_pixels,
         write=WriteOptions(jpeg_quality=quality, webp_quality=quality, bigtiff=bigtiff),
+        routing=RoutingOptions(eta=eta, gamma=gamma, preset=preset, budget=budget),
+        weights=weights,
     )
     jobs = plan_jobs(
         inputs, scale=scale, output=output, output_dir=output_dir, fmt=fmt, recursive=recursive
@@ -119,6 +150,7 @@ def upscale(
                     on_start=bar.start_file(index, job.src.name),
                     on_tiles=bar.advance,
                     on_warning=warning_line,
+                    exit_map=_exit_map_path(exit_map, job.src, len(jobs)),
                 )
             except SrTileError as exc:
                 if State.debug:

@@ -26,7 +26,7 @@ class Bicubic(nn.Module):
             scale=scale,
             margin=2,  # a 4-tap kernel reads 2 LR pixels to each side
             exact_tiling=True,
-            default_tile=512,
+            default_tile=256,
             default_overlap=8,
             flops_note="interpolation counted at 2 FLOPs per tap (papers count path 0 as 0)",
         )

@@ -158,7 +158,7 @@ def exits_descriptor(name: str, scale: int) -> ModelDescriptor:
         name=name, scale=scale, margin=2, exact_tiling=False, default_tile=32,
         default_overlap=8, routing=Routing.EXITS,
         flops_note="classsr: 2x MACs of conv/linear, transposed convs at output resolution; "
-                   "path 0 (bicubic) counted as 0; PSNR estimator counted separately")
+                   "path 0 (bicubic) counted as 0; the PSNR estimator is included in flops")
 
 
 class _PathNet(nn.Module):
