@@ -1,0 +1,120 @@
+"""ENAF fusion (Eq. 9), the FLOPs budget, and routed tiled inference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sr_tile.errors import ConfigError
+from sr_tile.models import create_model
+from sr_tile.models.checkpoint import save_weights
+from sr_tile.routing import RoutingOptions, eta_for_budget, fuse, mean_cost
+from sr_tile.upscale import UpscaleOptions, Upscaler
+
+COSTS = torch.tensor([0.0, 0.31, 0.67, 1.0])
+
+
+def test_fusion_on_made_up_estimates():
+    u = torch.tensor([[30.0, 31.0, 32.0, 33.0],   # texture: every path helps
+                      [40.0, 40.1, 40.1, 40.2],   # smooth: gains too small to pay for
+                      [35.0, 35.5, 35.6, 35.6]])  # only exit 1 is worth it at eta 1
+    blank = torch.tensor([False, False, False])
+    assert fuse(u, blank, COSTS, eta=0.0, gamma=1.0).tolist() == [3, 3, 2]
+    assert fuse(u, blank, COSTS, eta=1.0, gamma=1.0).tolist() == [3, 0, 1]
+    assert fuse(u, blank, COSTS, eta=100.0, gamma=1.0).tolist() == [0, 0, 0]
+    # the blank vector sends a blank patch to bicubic unless the gain beats gamma
+    blank = torch.tensor([True, True, True])
+    assert fuse(u, blank, COSTS, eta=0.0, gamma=1.0).tolist() == [3, 0, 0]
+    assert fuse(u, blank, COSTS, eta=0.0, gamma=0.0).tolist() == [3, 3, 2]
+
+
+def test_mean_cost_falls_as_eta_rises():
+    g = torch.Generator().manual_seed(0)
+    u = 30 + torch.rand(500, 4, generator=g).cumsum(1)
+    blank = torch.rand(500, generator=g) < 0.2
+    costs = [mean_cost(u, blank, COSTS, eta=e, gamma=1.0) for e in np.linspace(0, 8, 40)]
+    assert all(a >= b for a, b in zip(costs, costs[1:]))
+    assert costs[0] > 0.9 and costs[-1] == 0.0
+
+
+@pytest.mark.parametrize("budget", [0.3, 0.5, 0.8])
+def test_budget_finds_smallest_eta_that_fits(budget):
+    g = torch.Generator().manual_seed(1)
+    u = 30 + torch.rand(400, 4, generator=g).cumsum(1)
+    blank = torch.zeros(400, dtype=torch.bool)
+    overhead = 0.016
+    eta = eta_for_budget(u, blank, COSTS, gamma=1.0, budget=budget, overhead=overhead)
+    assert mean_cost(u, blank, COSTS, eta=eta, gamma=1.0) + overhead <= budget
+    assert mean_cost(u, blank, COSTS, eta=eta * 0.98, gamma=1.0) + overhead > budget
+
+
+def test_budget_errors_and_easy_budgets():
+    u = torch.full((10, 4), 30.0)
+    blank = torch.zeros(10, dtype=torch.bool)
+    assert eta_for_budget(u, blank, COSTS, gamma=1.0, budget=1.0) == 0.0
+    with pytest.raises(ConfigError):
+        eta_for_budget(u, blank, COSTS, gamma=1.0, budget=0.01, overhead=0.016)
+
+
+@pytest.mark.parametrize(
+    "kw", [{"preset": "X"}, {"budget": 0.0}, {"budget": 1.5}, {"eta": -1.0},
+           {"eta": 1.0, "preset": "L"}]
+)
+def test_routing_options_are_validated(kw):
+    with pytest.raises(ConfigError):
+        RoutingOptions(**kw)
+
+
+@pytest.fixture
+def varied_weights(tmp_path):
+    """ENAF-FSRCNN with random heads and an estimator whose guesses vary per patch."""
+    torch.manual_seed(0)
+    model = create_model("enaf-fsrcnn", weights=False)
+    with torch.no_grad():
+        for head in model.backbone.heads:
+            for p in head.parameters():
+                p.normal_(0, 0.01)
+        model.estimator.fc.weight.normal_(0, 0.3)
+        model.estimator.fc.bias.copy_(torch.tensor([30.0, 30.6, 31.0, 31.2]))
+    path = tmp_path / "w.safetensors"
+    save_weights(model, path, name="enaf-fsrcnn", scale=4)
+    return path
+
+
+def _upscale(path, weights, tmp_path, **routing):
+    up = Upscaler(UpscaleOptions(model="enaf-fsrcnn", weights=str(weights),
+                                 routing=RoutingOptions(**routing)))
+    report = up.upscale_file(path, tmp_path / f"out{len(list(tmp_path.iterdir()))}.png",
+                             exit_map=tmp_path / "map.png")
+    return up, report
+
+
+def test_routed_upscale_counts_what_ran(tmp_path, varied_weights, astronaut):
+    src = tmp_path / "in.png"
+    picture = astronaut[30:150, 150:300].copy()
+    picture[:, :60] = 128  # a flat band: blank tiles, which the blank vector sends to bicubic
+    Image.fromarray(picture).save(src)
+    up, report = _upscale(src, varied_weights, tmp_path, eta=0.5)
+    paths = up.runner.paths
+    assert len(paths) == report.tiles and len(set(paths)) > 1  # routing really varied
+    model = up.model
+    costs = model.backbone.path_flops(32, 32)
+    est = model.estimator_flops(32, 32)
+    assert report.flops == sum(costs[p] for p in paths) + est * len(paths)
+    assert report.flops_static == costs[3] * len(paths)
+    assert sum(report.exits.values()) == pytest.approx(1.0)
+    assert report.exits["full"] == pytest.approx(paths.count(3) / len(paths))
+    assert paths[0] == 0  # the top-left tile is flat
+    with Image.open(tmp_path / "map.png") as im:
+        assert im.width == 150 and im.height > 120
+
+
+@pytest.mark.parametrize("budget", [0.25, 0.6])
+def test_budget_is_met_per_image(tmp_path, varied_weights, astronaut, budget):
+    src = tmp_path / "in.png"
+    Image.fromarray(astronaut[200:320, 100:250]).save(src)
+    _, report = _upscale(src, varied_weights, tmp_path, budget=budget)
+    assert report.flops <= budget * report.flops_static
+    assert report.flops > 0.5 * budget * report.flops_static  # not all-bicubic for no reason
