@@ -53,6 +53,7 @@ class UpscaleOptions:
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     write: WriteOptions = field(default_factory=WriteOptions)
     routing: RoutingOptions = field(default_factory=RoutingOptions)
+    route: bool = True  # False: run a routed model as its static backbone (baseline rows)
     weights: str | None = None  # a weights file instead of the shipped one
 
 
@@ -257,7 +258,7 @@ class Upscaler:
             size_multiple=d.size_multiple,
             batch_size=options.batch_size,
         )
-        if d.routing == Routing.EXITS:
+        if d.routing == Routing.EXITS and options.route:
             self.runner: TileRunner = ExitRunner(
                 self.model, device=self.device, alpha=options.alpha, routing=options.routing
             )

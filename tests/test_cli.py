@@ -175,3 +175,28 @@ def test_console_script_exit_codes(tmp_path, small_png):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "ok.png").is_file()
+
+
+def test_routed_model_flags_exit_map_and_report(tmp_path, astronaut):
+    """ENAF flags end to end (untrained weights made here: routing must still be honest)."""
+    from sr_tile.models import create_model
+    from sr_tile.models.checkpoint import save_weights
+
+    weights = tmp_path / "w.safetensors"
+    save_weights(create_model("enaf-fsrcnn", weights=False), weights, name="enaf-fsrcnn",
+                 scale=4)
+    src = tmp_path / "in.png"
+    Image.fromarray(astronaut[:64, :80]).save(src)
+    result = run("upscale", src, "-m", "enaf-fsrcnn", "--weights", weights, "--preset", "S",
+                 "-o", tmp_path / "o.png", "--exit-map", tmp_path / "map.png",
+                 "--json", tmp_path / "r.json")
+    assert result.exit_code == 0, result.output
+    (image,) = json.loads((tmp_path / "r.json").read_text())["images"]
+    assert image["eta"] == 2.0 and set(image["exits"]) == {"bicubic", "exit1", "exit2", "full"}
+    assert image["flops"] < image["flops_static"]
+    assert (tmp_path / "map.png").is_file()
+    result = run("upscale", src, "-m", "enaf-fsrcnn", "--weights", weights, "--eta", "1",
+                 "--budget", "0.5", "-o", tmp_path / "p.png")
+    assert result.exit_code == 1 and "at most one of" in result.stderr
+    result = run("upscale", src, "-m", "enaf-carn", "--weights", weights, "-o", tmp_path / "q.png")
+    assert result.exit_code == 1 and "not enaf-carn" in result.stderr
