@@ -9,7 +9,8 @@ import typer
 from sr_tile import __version__
 from sr_tile.cli._common import State, out
 from sr_tile.cli.models import models
-from sr_tile.cli.pending import bench, export, train
+from sr_tile.cli.pending import bench, export
+from sr_tile.cli.train import train
 from sr_tile.cli.upscale import upscale
 
 app = typer.Typer(
@@ -21,7 +22,7 @@ app = typer.Typer(
 )
 app.command()(upscale)
 _PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
-app.command("train", context_settings=_PASS_THROUGH)(train)
+app.command("train")(train)
 app.command("bench", context_settings=_PASS_THROUGH)(bench)
 app.command("export", context_settings=_PASS_THROUGH)(export)
 app.command()(models)

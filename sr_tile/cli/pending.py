@@ -21,6 +21,5 @@ def _pending(name: str, issue: str):
     return command
 
 
-train = _pending("train", "arrives with the ENAF models")
 bench = _pending("bench", "arrives with the benchmark harness")
 export = _pending("export", "arrives with ONNX export")

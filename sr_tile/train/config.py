@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -31,6 +32,7 @@ __all__ = [
 ]
 
 PHASES = ("backbone", "exits", "estimator")
+_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -139,7 +141,9 @@ class PhasesConfig:
 class TrainConfig:
     """A whole ENAF training run.
 
-    ``device``: auto (cuda when available), cpu, cuda or cuda:N. ``export``: where the final
+    ``device``: auto (cuda when available), cpu, cuda or cuda:N. ``threads``: CPU threads for
+    torch (None: torch's default, one per core; 1 is much faster on a machine that other jobs
+    keep busy, where idle OpenMP workers spin). ``export``: where the final
     weights go; None = ``<run_dir>/<model>-x<scale>.safetensors``. ``init``: a weights file
     (``save_weights`` format) to start from instead of an untrained model, e.g. to run only
     phase ``estimator`` on trained backbone weights.
@@ -152,6 +156,7 @@ class TrainConfig:
     seed: int = 0
     run_dir: str = "runs/train"
     device: str = "auto"
+    threads: int | None = None
     export: str | None = None
     init: str | None = None
 
@@ -164,6 +169,8 @@ class TrainConfig:
             raise _Invalid("device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if not self.run_dir:
             raise _Invalid("run_dir", "must not be empty")
+        if self.threads is not None and self.threads < 1:
+            raise _Invalid("threads", f"must be >= 1 or null, got {self.threads}")
 
     @property
     def export_path(self) -> Path:
@@ -206,6 +213,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     elif tp is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif tp is float:
+        if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
     elif tp is str:
@@ -248,20 +257,28 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def with_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """A deep copy of ``data`` with every ``key=value`` override applied."""
+def _assign(data: dict[str, Any], parts: Sequence[str], value: Any, label: str) -> None:
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{label}: {'.'.join(parts[:i + 1])} is not a mapping")
+        node = child
+    node[parts[-1]] = value
+
+
+def with_overrides(data: Mapping[str, Any], overrides: Iterable[str] = (),
+                   values: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A deep copy of ``data`` with every ``key=value`` override (value parsed as YAML), then
+    every ``values`` entry (dotted key -> value, taken as is) applied."""
     result = _deep_copy(data)
     for text in overrides:
         parts, value = parse_override(text)
-        node = result
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {text!r}: {'.'.join(parts[:i + 1])} is not a mapping")
-            node = child
-        node[parts[-1]] = value
+        _assign(result, parts, value, f"--set {text!r}")
+    for key, value in (values or {}).items():
+        _assign(result, key.split("."), value, key)
     return result
 
 
@@ -269,11 +286,13 @@ def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in data.items()}
 
 
-def _resolve(path: str | None, base: Path) -> str | None:
-    if path is None:
-        return None
+def _resolve_path(path: str, base: Path) -> str:
     p = Path(path).expanduser()
     return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def _resolve(path: str | None, base: Path) -> str | None:
+    return None if path is None else _resolve_path(path, base)
 
 
 def from_dict(data: Mapping[str, Any], *, base: Path | None = None,
@@ -288,10 +307,10 @@ def from_dict(data: Mapping[str, Any], *, base: Path | None = None,
     _check_model(cfg, source)
     base = Path.cwd() if base is None else base
     data_cfg = dataclasses.replace(
-        cfg.data, train_dir=_resolve(cfg.data.train_dir, base),
+        cfg.data, train_dir=_resolve_path(cfg.data.train_dir, base),
         val_dir=_resolve(cfg.data.val_dir, base), cache_dir=_resolve(cfg.data.cache_dir, base))
     return dataclasses.replace(
-        cfg, data=data_cfg, run_dir=_resolve(cfg.run_dir, base),
+        cfg, data=data_cfg, run_dir=_resolve_path(cfg.run_dir, base),
         export=_resolve(cfg.export, base), init=_resolve(cfg.init, base))
 
 
@@ -309,8 +328,10 @@ def _check_model(cfg: TrainConfig, source: str) -> None:
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = (), *,
+                values: Mapping[str, Any] | None = None,
                 base: Path | None = None) -> TrainConfig:
-    """Read a YAML config, apply ``key=value`` overrides and validate everything."""
+    """Read a YAML config, apply ``key=value`` overrides (then ``values``, dotted key ->
+    value, e.g. from CLI options) and validate everything."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -326,7 +347,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = (), *,
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: must be a YAML mapping at the top level")
-    return from_dict(with_overrides(data, overrides), base=base, source=str(path))
+    return from_dict(with_overrides(data, overrides, values), base=base, source=str(path))
 
 
 def scale_steps(cfg: TrainConfig, factor: float) -> TrainConfig:
@@ -349,9 +370,11 @@ def dump_config(cfg: TrainConfig) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
 
 
-# Keys that may change between a run and its resumption without changing the result.
+# Keys that may change between a run and its resumption: where things are, and how often to
+# report. (device and threads change float rounding, not the computation: a resumed run
+# equals the uninterrupted one bit for bit only on the same device and thread count.)
 RESUMABLE_CHANGES = frozenset({
-    "device", "export", "data.cache_dir", "data.train_dir", "data.val_dir",
+    "device", "threads", "export", "data.cache_dir", "data.train_dir", "data.val_dir",
     *(f"phases.{p}.{k}" for p in PHASES for k in ("val_every", "ckpt_every", "log_every")),
 })
 

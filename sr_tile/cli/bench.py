@@ -1,0 +1,163 @@
+"""``sr-tile bench``: quality, FLOPs and latency of models over a dataset, each against its baseline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from sr_tile.bench.datasets import LRCache, default_cache_dir, resolve_dataset
+from sr_tile.bench.report import image_table, summary_table, to_dict, write_csv
+from sr_tile.bench.run import DEFAULT_SWEEP, BenchOptions, plan_rows, run_bench
+from sr_tile.cli._common import err, error_line, handle_errors, out, warning_line, write_json
+from sr_tile.errors import ConfigError
+from sr_tile.models.registry import MODELS, get_entry, shipped_weights
+from sr_tile.routing import RoutingOptions
+
+__all__ = ["bench", "parse_sweep", "parse_weights"]
+
+
+def parse_weights(items: list[str]) -> dict[str, str]:
+    """``NAME=FILE`` options -> {model name: file}; ConfigError on a bad item or unknown model."""
+    weights: dict[str, str] = {}
+    for item in items:
+        name, sep, file = item.partition("=")
+        if not sep or not name or not file:
+            raise ConfigError(f"--weights {item!r}: expected NAME=FILE, e.g. enaf-fsrcnn=run.safetensors")
+        get_entry(name.strip())
+        weights[name.strip()] = file.strip()
+    return weights
+
+
+def parse_sweep(text: str | None) -> tuple[float, ...]:
+    """``"0,0.5,1"`` -> etas; ``"default"`` -> :data:`DEFAULT_SWEEP`; None/"" -> none."""
+    if not text:
+        return ()
+    if text.strip().lower() == "default":
+        return DEFAULT_SWEEP
+    try:
+        etas = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"--sweep {text!r}: expected comma-separated etas, e.g. 0,0.5,1,2") from None
+    if not etas:
+        raise ConfigError("--sweep: no eta given")
+    return tuple(dict.fromkeys(etas))
+
+
+def _default_models(scale: int, weights: dict[str, str]) -> list[str]:
+    return ["bicubic"] + [
+        name for name, entry in MODELS.items()
+        if name != "bicubic" and (name in weights or (entry.weights and shipped_weights(name, scale)))
+    ]
+
+
+@handle_errors
+def bench(
+    dataset: Annotated[str, typer.Argument(
+        help="A folder of HR images, a ClassSR folder (HR/X4 + LR/X4), or a name: Test2K, "
+             "Test4K, Test8K, F2K, DIV2K-val (looked up under --data-root / $SR_TILE_DATA).")],
+    model: Annotated[Optional[list[str]], typer.Option(
+        "--model", "-m",
+        help="Model to bench (repeatable). bicubic is always included; a routed model adds its "
+             "static-backbone row. Default: bicubic + every model with weights.")] = None,
+    scale: Annotated[int, typer.Option("--scale", "-s", help="Upscaling factor.")] = 4,
+    preset: Annotated[Optional[str], typer.Option(
+        help="Routed rows: L (quality), M or S (speed); default M.")] = None,
+    eta: Annotated[Optional[float], typer.Option(help="Routed rows: cost weight of Eq. 9.")] = None,
+    gamma: Annotated[float, typer.Option(help="Routed rows: blank-vector weight.")] = 1.0,
+    budget: Annotated[Optional[float], typer.Option(
+        help="Routed rows: mean FLOPs as a fraction of the full network.")] = None,
+    sweep: Annotated[Optional[str], typer.Option(
+        help="Extra routed rows over eta, e.g. 0,0.5,1,2 or 'default' "
+             f"({','.join(f'{e:g}' for e in DEFAULT_SWEEP)}); --plot implies the default.")] = None,
+    repeat: Annotated[int, typer.Option(
+        help="Timed runs per image; latency is their median (sweep rows run once).")] = 3,
+    warmup: Annotated[bool, typer.Option(help="One untimed warm-up run per model.")] = True,
+    tile: Annotated[Optional[int], typer.Option(help="LR tile side (default: the model's).")] = None,
+    overlap: Annotated[Optional[int], typer.Option(help="LR overlap between tiles.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Tiles per forward pass.")] = 4,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    weights: Annotated[Optional[list[str]], typer.Option(
+        help="NAME=FILE: weights for a model instead of the shipped ones (repeatable).")] = None,
+    data_root: Annotated[Optional[Path], typer.Option(
+        help="Where dataset names are looked up (default: $SR_TILE_DATA).")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(
+        help="Cache of made LR images (default: $SR_TILE_CACHE or ~/.cache/sr-tile).")] = None,
+    cache: Annotated[bool, typer.Option(help="Cache made LR images.")] = True,
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N images.")] = None,
+    per_image: Annotated[bool, typer.Option(help="Also print PSNR-Y per image.")] = True,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON.")] = None,
+    csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write the results as CSV.")] = None,
+    plot_path: Annotated[Optional[Path], typer.Option(
+        "--plot", help="Draw PSNR-Y vs FLOPs to this PNG (needs matplotlib).")] = None,
+) -> None:
+    """Benchmark models on a dataset: PSNR-Y, SSIM-Y, FLOPs and latency per image and in the mean."""
+    weight_files = parse_weights(weights or [])
+    sweep_etas = parse_sweep(sweep)
+    if plot_path is not None:
+        from sr_tile.bench.plot import check_available
+
+        check_available()
+        if not sweep_etas:
+            sweep_etas = DEFAULT_SWEEP
+    data = resolve_dataset(dataset, scale=scale, data_root=data_root)
+    if model:
+        stray = [n for n in weight_files if n not in model]
+        if stray:
+            raise ConfigError(f"--weights names {', '.join(stray)}, which is not benchmarked "
+                              f"(add --model {stray[0]})")
+        models = list(model)
+    else:
+        models = _default_models(scale, weight_files)
+        if len(models) == 1:
+            warning_line("no model has weights installed: benchmarking bicubic only "
+                         "(use --model NAME --weights NAME=FILE)")
+    options = BenchOptions(
+        scale=scale, tile=tile, overlap=overlap, batch_size=batch_size, device=device,
+        repeat=repeat, warmup=warmup,
+        routing=RoutingOptions(eta=eta, gamma=gamma, preset=preset, budget=budget),
+        sweep=sweep_etas, weights=weight_files, limit=limit,
+    )
+    specs = plan_rows(models, options)
+    routing_given = any(x is not None for x in (preset, eta, budget, sweep))
+    if routing_given and not any(spec.dynamic for spec in specs):
+        warning_line("--preset/--eta/--budget/--sweep apply to routed models; none is benchmarked")
+    lr_cache = LRCache((cache_dir or default_cache_dir()) if cache else None)
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=err, transient=True)
+    task = progress.add_task("loading models", total=None)
+
+    def on_start(steps: int) -> None:
+        progress.update(task, total=steps)
+
+    def on_step(name: str, index: int, total: int, label: str) -> None:
+        progress.update(task, description=f"[{index}/{total}] {name}: {label}")
+        progress.advance(task)
+
+    with progress:
+        result = run_bench(data, specs, options, cache=lr_cache, on_step=on_step,
+                           on_image_error=error_line, on_start=on_start)
+    for message in lr_cache.write_errors[:3]:
+        warning_line(f"LR cache not written: {message}")
+
+    out.print(summary_table(result))
+    if per_image:
+        out.print(image_table(result))
+    report = to_dict(result)
+    if json_path is not None:
+        write_json(json_path, report)
+    if csv_path is not None:
+        write_csv(csv_path, result)
+    if plot_path is not None:
+        from sr_tile.bench.plot import plot_psnr_flops
+
+        plot_psnr_flops(report, plot_path)
+    written = [str(p) for p in (json_path, csv_path, plot_path) if p is not None]
+    if written:
+        err.print(f"wrote {', '.join(written)}")
+    if result.n_failed:
+        error_line(f"{result.n_failed} image(s) failed; their rows are left out of the means")
+        raise typer.Exit(1)

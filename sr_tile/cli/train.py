@@ -1,0 +1,121 @@
+"""``sr-tile train FAMILY``: train a model family from a YAML config, resumably.
+
+Progress goes to stderr; the summary table to stdout. Ctrl-C or SIGTERM checkpoints the
+last completed step; the same command with ``--resume`` continues it. Training code is
+imported only when the command runs, so ``sr-tile upscale`` never loads it.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from sr_tile.cli._common import err, handle_errors, out
+from sr_tile.errors import ConfigError
+
+_PHASE_HELP = "Phases to run: all, or one of backbone, exits, estimator."
+
+
+def _command_line(family: str, options: list[tuple[str, Any]], sets: list[str]) -> str:
+    parts = ["sr-tile", "train", family]
+    for flag, value in options:
+        if value is None or value is False:
+            continue
+        parts += [flag] if value is True else [flag, str(value)]
+    for item in sets:
+        parts += ["--set", item]
+    return shlex.join(parts)
+
+
+def _summary(result: Any) -> Table:
+    table = Table(title=f"sr-tile train: {result.run_dir}", title_justify="left")
+    for name in ("phase", "steps", "batch", "time", "val PSNR-Y (bicubic / exit1 / exit2 / full)"):
+        table.add_column(name, justify="left" if name == "phase" else "right")
+    for phase, entry in result.history.items():
+        val = entry.get("val") or {}
+        psnr = " / ".join(f"{v:.2f}" for v in val.get("psnr_y", {}).values()) or "-"
+        if "estimator_mae_mean" in val:
+            psnr += f"; est. MAE {val['estimator_mae_mean']:.2f} dB"
+        table.add_row(phase, str(entry["steps"]), str(entry.get("batch_size", "-")),
+                      f"{entry['seconds'] / 60:.1f} min", psnr)
+    return table
+
+
+@handle_errors
+def train(
+    family: Annotated[str, typer.Argument(help="Model family to train (enaf).")],
+    backbone: Annotated[Optional[str], typer.Option(
+        "--backbone", "-b", help="Backbone of the family: fsrcnn, carn or srresnet.")] = None,
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", "-c", help="YAML config (default: the packaged one of --backbone).")] = None,
+    phase: Annotated[str, typer.Option(help=_PHASE_HELP)] = "all",
+    run_dir: Annotated[Optional[Path], typer.Option(
+        help="Run folder: config, log, checkpoints (default: the config's run_dir).")] = None,
+    resume: Annotated[bool, typer.Option(
+        help="Continue the run in --run-dir from its last checkpoint.")] = False,
+    device: Annotated[Optional[str], typer.Option(
+        help="cpu, cuda, cuda:N or auto (default: the config's).")] = None,
+    steps_scale: Annotated[float, typer.Option(
+        help="Multiply every phase's steps (quick runs, e.g. 0.01).")] = 1.0,
+    export: Annotated[Optional[Path], typer.Option(
+        help="Where the final weights go (default: <run-dir>/<model>-x<scale>.safetensors).")
+    ] = None,
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="Override a config value: key=value (YAML), repeatable, e.g. "
+                      "--set phases.backbone.steps=200.")] = None,
+) -> None:
+    """Train a model family (ENAF: backbone, exit heads, PSNR estimator) and export weights."""
+    from sr_tile.train import TrainingInterrupted, default_config, get_family, scale_steps
+
+    fam = get_family(family)
+    sets = list(set_ or [])
+    if config is None:
+        if backbone is None:
+            raise ConfigError(f"give --backbone ({', '.join(fam.backbones)}) or --config FILE")
+        config_path = default_config(family, backbone)
+    else:
+        config_path = config
+    phases = fam.phases if phase == "all" else (phase,)
+    if phase != "all" and phase not in fam.phases:
+        raise ConfigError(f"--phase must be all or one of {', '.join(fam.phases)}, not {phase!r}")
+    values: dict[str, Any] = {}
+    if run_dir is not None:
+        values["run_dir"] = str(run_dir)
+    if device is not None:
+        values["device"] = device
+    if export is not None:
+        values["export"] = str(export)
+    cfg = fam.load(config_path, sets, values=values)
+    if backbone is not None and config is not None and cfg.model != f"{family}-{backbone}":
+        raise ConfigError(f"--backbone {backbone} does not match the config's model {cfg.model}")
+    if steps_scale != 1.0:
+        cfg = scale_steps(cfg, steps_scale)
+
+    command = _command_line(family, [
+        ("--backbone", backbone), ("--config", config), ("--phase", None if phase == "all"
+                                                         else phase),
+        ("--run-dir", run_dir), ("--resume", resume), ("--device", device),
+        ("--steps-scale", None if steps_scale == 1.0 else steps_scale), ("--export", export),
+    ], sets)
+    err.print(f"training {escape(cfg.model)} x{cfg.scale} in {escape(str(cfg.run_dir))}",
+              highlight=False)
+    try:
+        result = fam.run(cfg, phases=phases, resume=resume, console=err, command=command)
+    except TrainingInterrupted as exc:
+        where = f"{exc.phase} step {exc.step}/{exc.total}"
+        if exc.checkpoint is not None:
+            err.print(f"[yellow]interrupted[/] at {where}; checkpoint saved to "
+                      f"{escape(str(exc.checkpoint))}. Continue with the same command plus "
+                      f"--resume.", highlight=False)
+        else:
+            err.print(f"[yellow]interrupted[/] at {where}; the last periodic checkpoint "
+                      "remains. Continue with the same command plus --resume.", highlight=False)
+        raise typer.Exit(130) from None
+    out.print(_summary(result))
+    if result.export_path is not None:
+        out.print(f"weights: {result.export_path}", highlight=False)

@@ -1,0 +1,479 @@
+"""The ENAF training loop: one plain function per phase call, fed with built objects.
+
+:func:`train_phase` trains one phase (paper sec. 3.2) of an :class:`~sr_tile.models.enaf.EnafSR`:
+
+* ``backbone``: L1 of the full path (path 3) against HR; trunk segments + full head train.
+* ``exits``: L1 of exit 1 + exit 2; only the exit heads train, the trunk and full head are
+  frozen, or train at ``frozen_lr`` (paper: 1e-8), in which case the full path's L1 joins the
+  loss as in the paper's Eq. 6 so that it keeps its quality.
+* ``estimator``: backbone frozen; the estimator regresses, with L1, the PSNR-Y that every path
+  (path 0 = bicubic) reaches on each patch (outputs clamped to [0, 1], ``scale`` px border,
+  capped at :data:`PSNR_CAP` dB for flat patches). Its output bias starts at the mean target
+  of a few batches, so it does not spend thousands of steps walking from 30 dB to ~40 dB.
+
+Adam (0.9, 0.999) with cosine decay from each group's learning rate to ``lr_min``; batches
+come from :func:`~sr_tile.train.data.step_generator` (seed, phase, step), so a run resumed from
+a checkpoint continues exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+
+from sr_tile.errors import ConfigError
+from sr_tile.metrics import psnr_y
+from sr_tile.models.enaf import EnafSR
+from sr_tile.models.layers import MultiExitSR, bicubic
+from sr_tile.train.config import PHASES, PhaseConfig
+from sr_tile.train.data import PatchSampler, ValSet, step_generator
+from sr_tile.train.state import Checkpoint, RunDir, save_checkpoint
+
+__all__ = [
+    "PATH_NAMES", "PSNR_CAP", "JsonlLog", "PhaseResult", "StepInfo", "StopFlag",
+    "TrainingInterrupted", "catch_stop_signals", "cosine_lr", "evaluate", "path_outputs",
+    "path_psnr_targets", "patch_psnr_y", "train_phase",
+]
+
+PATH_NAMES = ("bicubic", "exit1", "exit2", "full")
+PSNR_CAP = 60.0  # dB: flat patches would otherwise give huge or infinite targets
+_Y_WEIGHTS = (65.481, 128.553, 24.966)  # BT.601, RGB in [0, 1] -> Y - 16 in [0, 219]
+_ESTIMATOR_INIT_BATCHES = 4
+_VAL_BATCH = 8
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def cosine_lr(step: int, total: int, base: float, lr_min: float) -> float:
+    """Learning rate of ``step`` (0-based) of ``total``: cosine from ``base`` to ``lr_min``."""
+    floor = min(lr_min, base)
+    if total <= 1:
+        return base
+    return floor + (base - floor) * 0.5 * (1.0 + math.cos(math.pi * step / total))
+
+
+def path_outputs(backbone: MultiExitSR, x: torch.Tensor,
+                 paths: Sequence[int]) -> dict[int, torch.Tensor]:
+    """Outputs of several paths of one batch, running the shared trunk once."""
+    skip = bicubic(x, backbone.scale)
+    outs: dict[int, torch.Tensor] = {}
+    if 0 in paths:
+        outs[0] = skip
+    depth = max((backbone.depth(p) for p in paths), default=0)
+    feats = x
+    for k in range(1, depth + 1):
+        feats = backbone.segments[k - 1](feats)
+        for p in paths:
+            if p > 0 and backbone.attach[p - 1] == k:
+                outs[p] = backbone.heads[p - 1](feats) + skip
+    return outs
+
+
+def patch_psnr_y(sr: torch.Tensor, hr: torch.Tensor, border: int,
+                 cap: float = PSNR_CAP) -> torch.Tensor:
+    """(N,) PSNR-Y (dB, 255 peak) of (N,3,H,W) batches in [0, 1]; ``sr`` is clamped first."""
+    w = torch.tensor(_Y_WEIGHTS, dtype=torch.float32, device=sr.device).view(1, 3, 1, 1)
+    y_sr = (sr.float().clamp(0.0, 1.0) * w).sum(1)
+    y_hr = (hr.float() * w).sum(1)
+    if border:
+        y_sr = y_sr[:, border:-border, border:-border]
+        y_hr = y_hr[:, border:-border, border:-border]
+    mse = (y_sr - y_hr).pow(2).mean(dim=(1, 2))
+    floor = 255.0 ** 2 * 10.0 ** (-cap / 10.0)
+    return 10.0 * torch.log10(255.0 ** 2 / mse.clamp_min(floor))
+
+
+@torch.no_grad()
+def path_psnr_targets(backbone: MultiExitSR, lr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+    """(N, P): the estimator's targets, every path's PSNR-Y on each patch."""
+    paths = range(backbone.num_paths)
+    outs = path_outputs(backbone, lr, paths)
+    return torch.stack([patch_psnr_y(outs[p], hr, backbone.scale) for p in paths], dim=1)
+
+
+def _to_uint8_hwc(x: torch.Tensor) -> np.ndarray:
+    return (x.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+@dataclass
+class EstimatorVal:
+    """The val crops cut into training-size LR patches and their PSNR targets (fixed while
+    the backbone is frozen)."""
+
+    lr: torch.Tensor
+    targets: torch.Tensor
+
+
+@torch.no_grad()
+def estimator_val_set(model: EnafSR, val: ValSet, lr_patch: int,
+                      device: torch.device) -> EstimatorVal:
+    s = val.scale
+    n = val.lr.shape[-1] // lr_patch
+    lrs, hrs = [], []
+    for i in range(n):
+        for j in range(n):
+            ys, xs = i * lr_patch, j * lr_patch
+            lrs.append(val.lr[:, :, ys:ys + lr_patch, xs:xs + lr_patch])
+            hrs.append(val.hr[:, :, ys * s:(ys + lr_patch) * s, xs * s:(xs + lr_patch) * s])
+    lr = torch.cat(lrs).float().div_(255.0)
+    hr = torch.cat(hrs).float().div_(255.0)
+    targets = []
+    for start in range(0, lr.shape[0], 64):
+        targets.append(path_psnr_targets(model.backbone, lr[start:start + 64].to(device),
+                                         hr[start:start + 64].to(device)).cpu())
+    return EstimatorVal(lr=lr, targets=torch.cat(targets))
+
+
+@torch.no_grad()
+def evaluate(model: EnafSR, val: ValSet, *, device: torch.device,
+             estimator: EstimatorVal | None = None) -> dict[str, Any]:
+    """Mean PSNR-Y of every path over the val crops (and the estimator's MAE, when given)."""
+    was_training = model.training
+    model.eval()
+    backbone = model.backbone
+    paths = range(backbone.num_paths)
+    scores: list[list[float]] = [[] for _ in paths]
+    for start in range(0, len(val), _VAL_BATCH):
+        lr = val.lr[start:start + _VAL_BATCH].to(device).float().div_(255.0)
+        hr = val.hr[start:start + _VAL_BATCH].permute(0, 2, 3, 1).numpy()
+        outs = path_outputs(backbone, lr, paths)
+        for p in paths:
+            for sr_img, hr_img in zip(_to_uint8_hwc(outs[p]), hr):
+                scores[p].append(psnr_y(sr_img, hr_img, crop_border=val.scale))
+    result: dict[str, Any] = {
+        "psnr_y": {PATH_NAMES[p]: round(float(np.mean(scores[p])), 4) for p in paths},
+    }
+    result["gain_db"] = round(result["psnr_y"]["full"] - result["psnr_y"]["bicubic"], 4)
+    if estimator is not None:
+        preds = torch.cat([model.estimator(estimator.lr[i:i + 256].to(device)).cpu()
+                           for i in range(0, estimator.lr.shape[0], 256)])
+        err = (preds - estimator.targets).abs()
+        result["estimator_mae"] = {PATH_NAMES[p]: round(float(err[:, p].mean()), 4)
+                                   for p in paths}
+        result["estimator_mae_mean"] = round(float(err.mean()), 4)
+        # How often the estimator ranks the best path first (ties to the cheaper path).
+        result["estimator_top1"] = round(float(
+            (preds.argmax(1) == estimator.targets.argmax(1)).float().mean()), 4)
+    model.train(was_training)
+    return result
+
+
+def format_val(result: dict[str, Any]) -> str:
+    text = "PSNR-Y " + "  ".join(f"{k} {v:.2f}" for k, v in result["psnr_y"].items())
+    text += f"  (full {result['gain_db']:+.2f} dB over bicubic)"
+    if "estimator_mae" in result:
+        text += (f"; estimator MAE {result['estimator_mae_mean']:.2f} dB "
+                 f"(" + ", ".join(f"{v:.2f}" for v in result["estimator_mae"].values()) + ")"
+                 f", top-1 {100 * result['estimator_top1']:.0f}%")
+    return text
+
+
+# ----------------------------------------------------------------------------- run plumbing
+
+
+class JsonlLog:
+    """Append-only JSON-lines log of a run (one object per event)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+
+    def write(self, event: str, **fields: Any) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"time": round(time.time(), 3), "event": event, **fields}
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, default=str) + "\n")
+
+
+@dataclass
+class StopFlag:
+    """Set by SIGTERM / the first Ctrl-C; the loop stops at the next step boundary."""
+
+    requested: str | None = None
+
+
+@contextlib.contextmanager
+def catch_stop_signals() -> Iterator[StopFlag]:
+    """SIGTERM and SIGINT ask the loop to checkpoint and stop after the current step (a
+    second Ctrl-C interrupts at once; the last periodic checkpoint is then what remains)."""
+    flag = StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if flag.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag.requested = signal.Signals(signum).name
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped early; ``checkpoint`` (None if none could be written) resumes it."""
+
+    def __init__(self, phase: str, step: int, total: int, checkpoint: Path | None) -> None:
+        where = f"{phase} step {step}/{total}"
+        saved = f"checkpoint {checkpoint}" if checkpoint else "no new checkpoint"
+        super().__init__(f"training interrupted at {where}; {saved}")
+        self.phase, self.step, self.total, self.checkpoint = phase, step, total, checkpoint
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What a callback sees after every optimizer step (``step`` = steps completed)."""
+
+    phase: str
+    step: int
+    total: int
+    loss: float
+    lr: float
+
+
+@dataclass
+class PhaseResult:
+    phase: str
+    steps: int
+    start_step: int
+    seconds: float
+    losses: list[float] = field(default_factory=list)  # this session's steps only
+    val: dict[str, Any] | None = None
+
+
+class _Display:
+    """A rich progress bar on ``console`` (none when it is None)."""
+
+    def __init__(self, console: Console | None, phase: str, total: int, start: int) -> None:
+        self.console = console
+        self.progress: Progress | None = None
+        if console is None:
+            return
+        self.progress = Progress(
+            TextColumn(f"[bold]{phase}[/]"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]}"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=console, transient=False)
+        self.task = self.progress.add_task(phase, total=total, completed=start, loss="-",
+                                           speed="- it/s")
+        self.progress.start()
+
+    def update(self, step: int, loss: float, its: float) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=step, loss=f"{loss:.4f}",
+                                 speed=f"{its:.1f} it/s")
+
+    def print(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(text, highlight=False)
+        elif self.console is not None:
+            self.console.print(text, highlight=False)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _set_trainable(model: EnafSR, phase: str, config: PhaseConfig) -> list[dict[str, Any]]:
+    """requires_grad per phase; returns Adam's param groups (``base_lr`` drives the cosine)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    bb = model.backbone
+    full_head = bb.heads[bb.num_paths - 2]
+    rest: list[torch.nn.Parameter] = []
+    if phase == "backbone":
+        main = [*bb.segments.parameters(), *full_head.parameters()]
+    elif phase == "exits":
+        main = [p for head in bb.heads[:-1] for p in head.parameters()]
+        if config.frozen_lr is not None:
+            rest = [*bb.segments.parameters(), *full_head.parameters()]
+    elif phase == "estimator":
+        main = list(model.estimator.parameters())
+    else:
+        raise ConfigError(f"unknown phase {phase!r}; phases: {', '.join(PHASES)}")
+    for p in (*main, *rest):
+        p.requires_grad_(True)
+    groups = [{"params": main, "lr": config.lr, "base_lr": config.lr}]
+    if rest:
+        groups.append({"params": rest, "lr": config.frozen_lr, "base_lr": config.frozen_lr})
+    return groups
+
+
+def _phase_loss(model: EnafSR, phase: str, lr: torch.Tensor, hr: torch.Tensor,
+                trunk_trains: bool) -> torch.Tensor:
+    bb = model.backbone
+    full = bb.num_paths - 1
+    if phase == "backbone":
+        return F.l1_loss(path_outputs(bb, lr, (full,))[full], hr)
+    if phase == "exits":
+        paths = (1, 2, full) if trunk_trains else (1, 2)
+        outs = path_outputs(bb, lr, paths)
+        return torch.stack([F.l1_loss(outs[p], hr) for p in paths]).sum()
+    targets = path_psnr_targets(bb, lr, hr)
+    return F.l1_loss(model.estimator(lr), targets)
+
+
+@torch.no_grad()
+def _init_estimator(model: EnafSR, sampler: PatchSampler, batch_size: int, seed: int,
+                    device: torch.device) -> None:
+    phase = PHASES.index("estimator")
+    targets = []
+    for i in range(_ESTIMATOR_INIT_BATCHES):
+        lr, hr = sampler.batch(batch_size, step_generator(seed, phase, -1 - i), device)
+        targets.append(path_psnr_targets(model.backbone, lr, hr))
+    model.estimator.fc.bias.copy_(torch.cat(targets).mean(0))
+
+
+def train_phase(model: EnafSR, phase: str, config: PhaseConfig, *, sampler: PatchSampler,
+                run: RunDir, seed: int, device: torch.device, val: ValSet | None = None,
+                resume: Checkpoint | None = None, history: dict[str, Any] | None = None,
+                callbacks: Sequence[Callable[[StepInfo], None]] = (),
+                console: Console | None = None, log: JsonlLog | None = None,
+                stop: StopFlag | None = None) -> PhaseResult:
+    """Train ``phase`` for ``config.steps`` steps (from ``resume``'s step when it is this
+    phase's unfinished checkpoint) and write checkpoints to ``run.last``.
+
+    ``history`` (finished phases) is stored in every checkpoint; this phase's entry is added
+    when it finishes. A KeyboardInterrupt (a callback may raise one) or a stop request
+    checkpoints the last completed step and raises :class:`TrainingInterrupted`.
+    """
+    if phase not in PHASES:
+        raise ConfigError(f"unknown phase {phase!r}; phases: {', '.join(PHASES)}")
+    history = history if history is not None else {}
+    log = log or JsonlLog(None)
+    phase_index = PHASES.index(phase)
+    total = config.steps
+    model.to(device)
+    groups = _set_trainable(model, phase, config)
+    trunk_trains = len(groups) > 1
+    params = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.Adam(groups, lr=config.lr, betas=(0.9, 0.999))
+
+    start, seconds_before = 0, 0.0
+    if resume is not None and resume.phase == phase and not resume.done:
+        if resume.total != total:
+            raise ConfigError(f"the checkpoint is for {resume.total} {phase} steps, the config "
+                              f"asks for {total}; resume with the same config")
+        if resume.optimizer is None:
+            raise ConfigError(f"the {phase} checkpoint has no optimizer state")
+        optimizer.load_state_dict(resume.optimizer)
+        start = resume.step
+        seconds_before = float(resume.extra.get("phase_seconds", 0.0))
+    elif phase == "estimator":
+        _init_estimator(model, sampler, config.batch_size, seed, device)
+
+    est_val = None
+    if phase == "estimator" and val is not None:
+        est_val = estimator_val_set(model, val, sampler.lr_patch, device)
+
+    started = time.perf_counter()
+
+    def elapsed() -> float:
+        return seconds_before + time.perf_counter() - started
+
+    def checkpoint(step: int, done: bool) -> Path:
+        path = save_checkpoint(run.last, model=model, optimizer=optimizer, phase=phase,
+                               step=step, total=total, done=done, history=history,
+                               extra={"phase_seconds": round(elapsed(), 3)})
+        log.write("checkpoint", phase=phase, step=step, done=done, path=str(path))
+        return path
+
+    log.write("phase_start", phase=phase, step=start, total=total, lr=config.lr,
+              batch_size=config.batch_size, trainable=sum(p.numel() for p in params))
+    display = _Display(console, phase, total, start)
+    result = PhaseResult(phase=phase, steps=total, start_step=start, seconds=0.0)
+    done_steps, in_update = start, False
+    ema, window_loss, window_n = None, 0.0, 0
+    window_start, its = time.perf_counter(), 0.0
+    try:
+        model.train()
+        for step in range(start, total):
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(step, total, group["base_lr"], config.lr_min)
+            lr_batch, hr_batch = sampler.batch(
+                config.batch_size, step_generator(seed, phase_index, step), device)
+            loss = _phase_loss(model, phase, lr_batch, hr_batch, trunk_trains)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            in_update = True
+            optimizer.step()
+            in_update = False
+            done_steps = step + 1
+
+            value = float(loss.detach())
+            result.losses.append(value)
+            ema = value if ema is None else 0.98 * ema + 0.02 * value
+            window_loss, window_n = window_loss + value, window_n + 1
+            if window_n >= config.log_every or done_steps == total:
+                now = time.perf_counter()
+                its = window_n / max(now - window_start, 1e-9)
+                log.write("train", phase=phase, step=done_steps, total=total,
+                          loss=round(window_loss / window_n, 6),
+                          lr=optimizer.param_groups[0]["lr"], it_s=round(its, 3))
+                window_loss, window_n, window_start = 0.0, 0, now
+            elif done_steps - start <= 10:  # a first speed estimate early on
+                its = (done_steps - start) / max(time.perf_counter() - started, 1e-9)
+            display.update(done_steps, ema, its)
+
+            info = StepInfo(phase, done_steps, total, value, optimizer.param_groups[0]["lr"])
+            for callback in callbacks:
+                callback(info)
+            if val is not None and done_steps % config.val_every == 0 and done_steps < total:
+                t_val = time.perf_counter()
+                scores = evaluate(model, val, device=device, estimator=est_val)
+                log.write("val", phase=phase, step=done_steps, **scores)
+                display.print(f"{phase} {done_steps}/{total}: {format_val(scores)}")
+                window_start += time.perf_counter() - t_val  # keep it/s about training
+            if done_steps % config.ckpt_every == 0 and done_steps < total:
+                checkpoint(done_steps, False)
+            if stop is not None and stop.requested is not None:
+                raise KeyboardInterrupt(stop.requested)
+    except KeyboardInterrupt as exc:
+        display.close()
+        if isinstance(exc, TrainingInterrupted):
+            raise
+        path = None if in_update else checkpoint(done_steps, False)
+        log.write("interrupted", phase=phase, step=done_steps, total=total,
+                  checkpoint=str(path) if path else None)
+        raise TrainingInterrupted(phase, done_steps, total, path) from None
+    finally:
+        display.close()
+
+    if val is not None:
+        result.val = evaluate(model, val, device=device, estimator=est_val)
+        log.write("val", phase=phase, step=total, **result.val)
+        if console is not None:
+            console.print(f"{phase} done: {format_val(result.val)}", highlight=False)
+    result.seconds = round(elapsed(), 3)
+    history[phase] = {"steps": total, "seconds": result.seconds,
+                      "batch_size": config.batch_size, "val": result.val}
+    checkpoint(total, True)
+    log.write("phase_end", phase=phase, steps=total, seconds=result.seconds, val=result.val)
+    return result

@@ -1,0 +1,556 @@
+"""Training pipeline (CPU, tiny images): config, data, phases, checkpoints, resume, export, CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import typer
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from sr_tile.errors import ConfigError
+from sr_tile.imresize import imresize_np
+from sr_tile.metrics import psnr_y
+from sr_tile.models.checkpoint import read_metadata
+from sr_tile.models.registry import create_model
+from sr_tile.train import (FAMILIES, PHASES, TrainingInterrupted, default_config, load_config,
+                           run_training)
+from sr_tile.train import data as train_data
+from sr_tile.train import loop, state
+from sr_tile.train.config import dump_config, from_dict
+from sr_tile.train.data import PatchSampler, load_pairs, make_val_set, step_generator
+from sr_tile.train.state import RunDir, load_checkpoint, save_checkpoint
+
+SCALE = 4
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from threads, and idle OpenMP workers spinning on a busy
+    2-core machine made these tests 30x slower; one thread count for the whole module also
+    keeps runs comparable bit for bit (reductions split per thread). Restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny HR folders made of real photos; one train image is not a multiple of 4."""
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("images")
+    train, val = root / "train", root / "val"
+    train.mkdir()
+    val.mkdir()
+    Image.fromarray(data.astronaut()[:192, 100:292]).save(train / "astronaut.png")
+    Image.fromarray(data.chelsea()[:161, :226]).save(train / "chelsea.png")
+    Image.fromarray(data.coffee()[100:300, 200:400]).save(train / "coffee.jpg", quality=95)
+    (train / "notes.txt").write_text("not an image")
+    Image.fromarray(data.astronaut()[256:384, 256:384]).save(val / "astronaut-val.png")
+    return {"root": root, "train": train, "val": val}
+
+
+def tiny_config(folders: dict[str, Path], run_dir: Path, **phases: dict[str, Any]) -> Any:
+    """A tiny run: 16 px LR patches, batch 4, a few steps per phase."""
+    base = {"steps": 6, "lr": 2e-3, "batch_size": 4, "val_every": 4, "ckpt_every": 2,
+            "log_every": 2}
+    raw = {
+        "model": "enaf-fsrcnn", "scale": SCALE, "seed": 3, "run_dir": str(run_dir),
+        "device": "cpu",
+        "data": {"train_dir": str(folders["train"]), "val_dir": str(folders["val"]),
+                 "cache_dir": str(folders["root"] / "cache"), "lr_patch": 16,
+                 "val_patch": 16, "val_crops": 5},
+        "phases": {p: {**base, **phases.get(p, {})} for p in PHASES},
+    }
+    return from_dict(raw)
+
+
+@pytest.fixture(scope="module")
+def pairs(folders: dict[str, Path]) -> list[train_data.ImagePair]:
+    return load_pairs(folders["train"], scale=SCALE, cache_dir=folders["root"] / "cache",
+                      label="train")[0]
+
+
+@pytest.fixture(scope="module")
+def val_set(folders: dict[str, Path]) -> train_data.ValSet:
+    val_pairs = load_pairs(folders["val"], scale=SCALE, cache_dir=None, label="val")[0]
+    return make_val_set(val_pairs, scale=SCALE, val_patch=16, val_crops=5)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize("backbone", ["fsrcnn", "carn", "srresnet"])
+def test_packaged_configs_load(backbone: str, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(default_config("enaf", backbone))
+    assert cfg.model == f"enaf-{backbone}" and cfg.scale == 4
+    assert cfg.data.lr_patch == 32 and cfg.data.augment
+    assert Path(cfg.data.train_dir) == (tmp_path / "../shared/data/train").resolve()
+    assert Path(cfg.run_dir).is_absolute()
+    for name in PHASES:
+        phase = cfg.phases.get(name)
+        assert phase.steps > 0 and phase.lr_min == 1e-8
+    assert cfg.phases.backbone.batch_size >= 16
+    # The resolved config round-trips through YAML.
+    saved = tmp_path / "config.yaml"
+    saved.write_text(dump_config(cfg))
+    assert load_config(saved) == cfg
+
+
+def test_overrides_and_cli_values(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(default_config("enaf", "fsrcnn"),
+                      ["phases.backbone.steps=7", "data.val_dir=null", "phases.exits.lr=1e-4",
+                       "data.train_dir=elsewhere"],
+                      values={"run_dir": "my run", "device": "cpu"})
+    assert cfg.phases.backbone.steps == 7
+    assert cfg.data.val_dir is None
+    assert cfg.phases.exits.lr == 1e-4
+    assert cfg.data.train_dir == str(tmp_path / "elsewhere")
+    assert cfg.run_dir == str(tmp_path / "my run") and cfg.device == "cpu"
+
+
+@pytest.mark.parametrize("override, key", [
+    ("epochs=3", "epochs"),
+    ("phases.backbone.warmup=10", "phases.backbone.warmup"),
+    ("phases.finetune.steps=10", "phases.finetune"),
+    ("data.shuffle=true", "data.shuffle"),
+    ("phases.backbone.steps=many", "phases.backbone.steps"),
+    ("phases.backbone.steps=1.5", "phases.backbone.steps"),
+    ("phases.backbone.lr=-0.001", "phases.backbone.lr"),
+    ("phases.backbone.lr=0", "phases.backbone.lr"),
+    ("phases.exits.batch_size=0", "phases.exits.batch_size"),
+    ("phases.exits.lr_min=1", "phases.exits.lr_min"),
+    ("phases.estimator.val_every=0", "phases.estimator.val_every"),
+    ("data.lr_patch=true", "data.lr_patch"),
+    ("data.val_crops=3", "data.val_crops"),
+    ("data.train_dir=null", "data.train_dir"),
+    ("data=3", "data"),
+    ("scale=3.0", "scale"),
+    ("scale=8", "scale"),
+    ("model=bicubic", "model"),
+    ("model=enaf-nope", "model"),
+    ("device=tpu", "device"),
+    ("seed=-1", "seed"),
+])
+def test_config_rejects_bad_keys_and_values(override: str, key: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(default_config("enaf", "fsrcnn"), [override], base=tmp_path)
+    assert f"{key}:" in str(info.value)
+
+
+def test_config_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)
+    bad.write_text("model: enaf-fsrcnn\n")
+    with pytest.raises(ConfigError, match="data: missing"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(default_config("enaf", "fsrcnn"), ["phases.backbone.steps"])
+
+
+def test_missing_or_empty_data_folder_is_a_clear_error(folders, tmp_path: Path) -> None:
+    cfg = tiny_config(folders, tmp_path / "run")
+    missing = dataclasses.replace(cfg, data=dataclasses.replace(
+        cfg.data, train_dir=str(tmp_path / "nope")))
+    with pytest.raises(ConfigError, match=r"data.train_dir: folder .*nope.* does not exist"):
+        run_training(missing)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("x")
+    empty = dataclasses.replace(cfg, data=dataclasses.replace(
+        cfg.data, val_dir=str(tmp_path / "empty")))
+    with pytest.raises(ConfigError, match=r"data.val_dir: folder .*empty.* has no images"):
+        run_training(empty)
+    assert not (tmp_path / "run").exists()  # refused before any work
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def test_lr_is_whole_image_matlab_bicubic_and_cached(folders, tmp_path: Path,
+                                                     monkeypatch) -> None:
+    cache = tmp_path / "cache"
+    first, stats1 = load_pairs(folders["train"], scale=SCALE, cache_dir=cache, label="t")
+    assert stats1.lr_computed == 3 and stats1.lr_cached == 0
+    assert [p.name for p in first] == ["astronaut.png", "chelsea.png", "coffee.jpg"]
+    chelsea = first[1]
+    assert chelsea.hr.shape == (160, 224, 3)  # mod-cropped from 161 x 226
+    assert chelsea.lr.shape == (40, 56, 3) and chelsea.lr.dtype == np.uint8
+    np.testing.assert_array_equal(chelsea.lr, imresize_np(chelsea.hr, 1 / SCALE))
+    files = sorted(cache.glob("*.npy"))
+    assert len(files) == 3
+    mtimes = [f.stat().st_mtime_ns for f in files]
+
+    def boom(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("LR recomputed although it is cached")
+
+    monkeypatch.setattr(train_data, "imresize_np", boom)
+    second, stats2 = load_pairs(folders["train"], scale=SCALE, cache_dir=cache, label="t")
+    assert stats2.lr_computed == 0 and stats2.lr_cached == 3
+    assert all(p.from_cache for p in second)
+    assert [f.stat().st_mtime_ns for f in sorted(cache.glob("*.npy"))] == mtimes
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a.lr, b.lr)
+    assert not list(cache.glob("*.tmp"))
+
+
+def test_sampler_is_seeded_aligned_and_augmented(pairs) -> None:
+    sampler = PatchSampler(pairs, scale=SCALE, lr_patch=16, augment=True)
+    lr1, hr1 = sampler.batch(32, step_generator(3, 0, 17))
+    lr2, hr2 = sampler.batch(32, step_generator(3, 0, 17))
+    lr3, _ = sampler.batch(32, step_generator(3, 0, 18))
+    assert lr1.shape == (32, 3, 16, 16) and hr1.shape == (32, 3, 64, 64)
+    assert lr1.dtype == torch.float32 and 0 <= float(lr1.min()) and float(hr1.max()) <= 1
+    assert torch.equal(lr1, lr2) and torch.equal(hr1, hr2)
+    assert not torch.equal(lr1, lr3)
+    # LR and HR crops are aligned: downscaling the HR crop gives the LR crop away from its
+    # borders (the LR came from the whole image, so only the crop borders may differ).
+    for lr, hr in zip(lr1, hr1):
+        hr8 = (hr.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        lr8 = (lr.permute(1, 2, 0).numpy() * 255).round().astype(np.int16)
+        down = imresize_np(hr8, 1 / SCALE).astype(np.int16)
+        assert np.abs(down[3:-3, 3:-3] - lr8[3:-3, 3:-3]).max() <= 1
+
+
+def test_val_set_crops(val_set) -> None:
+    assert len(val_set) == 5  # centre + 4 corners of the one val image
+    assert val_set.lr.shape == (5, 3, 16, 16) and val_set.hr.shape == (5, 3, 64, 64)
+    assert val_set.lr.dtype == torch.uint8
+    assert "centre + 4 corners" in val_set.protocol
+
+
+def test_patch_psnr_matches_metrics(pairs) -> None:
+    sampler = PatchSampler(pairs, scale=SCALE, lr_patch=16)
+    lr, hr = sampler.batch(4, step_generator(0, 0, 0))
+    sr = loop.bicubic(lr, SCALE)
+    got = loop.patch_psnr_y(sr, hr, SCALE)
+    for i in range(4):
+        ref = psnr_y(sr[i].clamp(0, 1).permute(1, 2, 0).double().numpy() * 255,
+                     hr[i].permute(1, 2, 0).double().numpy() * 255, crop_border=SCALE)
+        assert abs(float(got[i]) - min(ref, loop.PSNR_CAP)) < 1e-3
+    flat = torch.full((1, 3, 64, 64), 0.5)
+    assert float(loop.patch_psnr_y(flat, flat, SCALE)) == pytest.approx(loop.PSNR_CAP)
+
+
+def test_cosine_lr() -> None:
+    assert loop.cosine_lr(0, 100, 1e-3, 1e-8) == pytest.approx(1e-3)
+    assert loop.cosine_lr(50, 100, 1e-3, 1e-8) == pytest.approx(0.5e-3, rel=1e-4)
+    assert loop.cosine_lr(100, 100, 1e-3, 1e-8) == pytest.approx(1e-8)
+    assert loop.cosine_lr(10, 100, 1e-9, 1e-8) == pytest.approx(1e-9)  # below lr_min: flat
+
+
+# ----------------------------------------------------------------------------- phases
+
+
+def _fixed_batch(pairs, n: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    return PatchSampler(pairs, scale=SCALE, lr_patch=16).batch(n, step_generator(99, 9, 9))
+
+
+def _loss(model, phase: str, batch) -> float:
+    with torch.no_grad():
+        return float(loop._phase_loss(model, phase, *batch, trunk_trains=False))
+
+
+def _params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _perturb_heads(model) -> None:
+    """Give the zero-initialised last layers random weights: every path starts worse than
+    bicubic, so that a few dozen steps have a clear loss to lower (an untrained residual
+    FSRCNN gains well under 1% of L1 over bicubic in that time)."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.backbone.heads.parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+
+
+def test_each_phase_lowers_its_loss_and_freezes_the_rest(folders, pairs, tmp_path) -> None:
+    cfg = tiny_config(folders, tmp_path / "run",
+                      backbone={"steps": 60, "lr": 2e-3, "batch_size": 8},
+                      exits={"steps": 60, "lr": 2e-3, "batch_size": 8},
+                      estimator={"steps": 300, "lr": 1e-3, "batch_size": 8})
+    torch.manual_seed(0)
+    model = create_model("enaf-fsrcnn", scale=SCALE, weights=False)
+    _perturb_heads(model)
+    sampler = PatchSampler(pairs, scale=SCALE, lr_patch=16)
+    run = RunDir(tmp_path / "run")
+    batch = _fixed_batch(pairs)
+    bb = model.backbone
+
+    def train(phase: str) -> loop.PhaseResult:
+        result = loop.train_phase(model, phase, cfg.phases.get(phase), sampler=sampler,
+                                  run=run, seed=cfg.seed, device=torch.device("cpu"))
+        assert len(result.losses) == cfg.phases.get(phase).steps
+        first, last = np.mean(result.losses[:20]), np.mean(result.losses[-20:])
+        assert last < 0.95 * first, (phase, first, last)
+        return result
+
+    before = _loss(model, "backbone", batch)
+    exits_before, estimator_before = _params(bb.heads[:2]), _params(model.estimator)
+    train("backbone")
+    assert _loss(model, "backbone", batch) < 0.8 * before
+    assert all(torch.equal(v, _params(bb.heads[:2])[k]) for k, v in exits_before.items())
+    assert all(torch.equal(v, _params(model.estimator)[k]) for k, v in estimator_before.items())
+
+    before = _loss(model, "exits", batch)
+    trunk_before, full_before = _params(bb.segments), _params(bb.heads[2])
+    train("exits")
+    assert _loss(model, "exits", batch) < 0.85 * before
+    assert all(torch.equal(v, _params(bb.segments)[k]) for k, v in trunk_before.items())
+    assert all(torch.equal(v, _params(bb.heads[2])[k]) for k, v in full_before.items())
+
+    backbone_before = _params(bb)
+    loop._init_estimator(model, sampler, 8, seed=cfg.seed, device=torch.device("cpu"))
+    before = _loss(model, "estimator", batch)  # the mean predictor the phase starts from
+    train("estimator")
+    assert _loss(model, "estimator", batch) < 0.85 * before
+    assert all(torch.equal(v, _params(bb)[k]) for k, v in backbone_before.items())
+
+
+def test_exits_phase_with_frozen_lr_trains_the_trunk_slowly(folders, pairs, tmp_path) -> None:
+    cfg = tiny_config(folders, tmp_path / "run",
+                      exits={"steps": 3, "frozen_lr": 1e-8, "batch_size": 2})
+    torch.manual_seed(0)
+    model = create_model("enaf-fsrcnn", scale=SCALE, weights=False)
+    trunk = _params(model.backbone.segments)
+    loop.train_phase(model, "exits", cfg.phases.exits,
+                     sampler=PatchSampler(pairs, scale=SCALE, lr_patch=16),
+                     run=RunDir(tmp_path / "run"), seed=0, device=torch.device("cpu"))
+    deltas = [float((v - _params(model.backbone.segments)[k]).abs().max())
+              for k, v in trunk.items()]
+    assert 0 < max(deltas) < 1e-6
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def test_checkpoint_round_trip_and_never_half_written(tmp_path: Path, monkeypatch) -> None:
+    torch.manual_seed(0)
+    model = create_model("enaf-fsrcnn", scale=SCALE, weights=False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.rand(1, 3, 8, 8)).sum().backward()
+    optimizer.step()
+    path = tmp_path / "ckpt" / "last.safetensors"
+    save_checkpoint(path, model=model, optimizer=optimizer, phase="backbone", step=2, total=9,
+                    done=False, history={"x": 1})
+    ckpt = load_checkpoint(path)
+    assert (ckpt.phase, ckpt.step, ckpt.total, ckpt.done, ckpt.history) == (
+        "backbone", 2, 9, False, {"x": 1})
+    for k, v in model.state_dict().items():
+        assert torch.equal(ckpt.model[k], v)
+    fresh = torch.optim.Adam(model.parameters(), lr=1e-3)
+    fresh.load_state_dict(ckpt.optimizer)
+    assert optimizer.state and len(fresh.state) == len(optimizer.state)
+    for p, saved in optimizer.state.items():
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(fresh.state[p][key], saved[key])
+    assert json.loads(path.with_suffix(".json").read_text())["step"] == 2
+
+    real_save = state.save_file
+
+    def half_then_crash(tensors: dict, filename: str, metadata: dict) -> None:
+        real_save(tensors, filename, metadata=metadata)
+        with open(filename, "r+b") as fh:  # a torn write, then the process "dies"
+            fh.truncate(100)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(state, "save_file", half_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, model=model, optimizer=optimizer, phase="backbone", step=4,
+                        total=9, done=False, history={})
+    assert load_checkpoint(path).step == 2  # the previous checkpoint is intact
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.json", "last.safetensors"]
+
+
+def _final_state(result) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in result.model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(folders, tmp_path_factory) -> Any:
+    run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    return run_training(tiny_config(folders, run_dir), command="sr-tile train enaf (test)")
+
+
+@pytest.mark.parametrize("phase, step", [("backbone", 3), ("exits", 4), ("estimator", 1)])
+def test_resume_after_interrupt_equals_uninterrupted(folders, uninterrupted, tmp_path,
+                                                     phase: str, step: int) -> None:
+    cfg = tiny_config(folders, tmp_path / "run")
+
+    def interrupt(info: loop.StepInfo) -> None:
+        if (info.phase, info.step) == (phase, step):
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted) as info:
+        run_training(cfg, callbacks=[interrupt])
+    assert (info.value.phase, info.value.step) == (phase, step)
+    ckpt = load_checkpoint(RunDir(tmp_path / "run").last)
+    assert (ckpt.phase, ckpt.step, ckpt.done) == (phase, step, False)
+    assert not cfg.export_path.exists()
+
+    with pytest.raises(ConfigError, match="--resume"):
+        run_training(cfg)  # a run folder with a checkpoint is not silently restarted
+    resumed = run_training(cfg, resume=True)
+    assert resumed.phases_run == list(PHASES[PHASES.index(phase):])
+    want = _final_state(uninterrupted)
+    got = _final_state(resumed)
+    assert want.keys() == got.keys()
+    for key in want:
+        assert torch.allclose(got[key], want[key], atol=1e-6, rtol=0), key
+    assert resumed.val == uninterrupted.val
+    events = [json.loads(line)["event"] for line in (tmp_path / "run" / "log.jsonl").open()]
+    assert "interrupted" in events and events[-1] == "export"
+
+
+def test_resume_checks(folders, uninterrupted, tmp_path) -> None:
+    cfg = tiny_config(folders, tmp_path / "run")
+    with pytest.raises(ConfigError, match="has no checkpoint"):
+        run_training(cfg, resume=True)
+    done = tiny_config(folders, uninterrupted.run_dir)
+    changed = dataclasses.replace(done, seed=4)
+    with pytest.raises(ConfigError, match="seed"):
+        run_training(changed, resume=True)
+    # Everything is done: resuming only re-exports.
+    again = run_training(dataclasses.replace(done, export=str(tmp_path / "re.safetensors")),
+                         resume=True)
+    assert again.phases_run == []
+    assert read_metadata(again.export_path)["iterations"] == {p: 6 for p in PHASES}
+
+
+def test_export_loads_with_create_model(uninterrupted) -> None:
+    path = uninterrupted.export_path
+    assert path == Path(uninterrupted.run_dir) / "enaf-fsrcnn-x4.safetensors"
+    meta = read_metadata(path)
+    assert meta["model"] == "enaf-fsrcnn" and meta["scale"] == "4"
+    assert meta["iterations"] == {"backbone": 6, "exits": 6, "estimator": 6}
+    assert meta["phases_done"] == list(PHASES)
+    assert set(meta["val_psnr_y"]) == {"bicubic", "exit1", "exit2", "full"}
+    assert "estimator_mae" in meta["val"]
+    assert meta["hardware"].startswith("CPU ")
+    assert meta["command"] == "sr-tile train enaf (test)"
+    assert meta["config"]["phases"]["backbone"]["steps"] == 6
+    assert meta["data"]["train"]["images"] == 3 and "protocol" in meta["data"]["val"]
+    loaded = create_model("enaf-fsrcnn", scale=4, weights=path)
+    trained = uninterrupted.model.eval()
+    x = torch.rand(2, 3, 20, 24, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), trained(x))
+        for p in range(4):
+            assert torch.equal(loaded.backbone.forward_path(x, p),
+                               trained.backbone.forward_path(x, p))
+        assert torch.equal(loaded.estimator(x), trained.estimator(x))
+    saved = yaml.safe_load((Path(uninterrupted.run_dir) / "config.yaml").read_text())
+    assert saved["phases"]["exits"]["steps"] == 6
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _cli() -> typer.Typer:
+    from sr_tile.cli.train import train
+
+    app = typer.Typer()
+    app.command("train")(train)
+
+    @app.callback()
+    def _root() -> None:
+        pass
+
+    return app
+
+
+def test_cli_runs_one_phase(folders, tmp_path: Path) -> None:
+    assert "enaf" in FAMILIES
+    sets = ["--set", f"data.train_dir={folders['train']}", "--set",
+            f"data.val_dir={folders['val']}", "--set", f"data.cache_dir={folders['root']}/cache",
+            "--set", "data.lr_patch=16", "--set", "data.val_patch=16",
+            "--set", "phases.backbone.batch_size=4", "--set", "phases.backbone.steps=8"]
+    export = tmp_path / "out" / "w.safetensors"
+    result = CliRunner().invoke(_cli(), [
+        "train", "enaf", "--backbone", "fsrcnn", "--phase", "backbone", "--run-dir",
+        str(tmp_path / "run"), "--device", "cpu", "--steps-scale", "0.5", "--export",
+        str(export), *sets])
+    assert result.exit_code == 0, result.output
+    assert "backbone" in result.output and str(export) in result.output
+    meta = read_metadata(export)
+    assert meta["iterations"] == {"backbone": 4, "exits": 0, "estimator": 0}
+    assert meta["command"].startswith("sr-tile train enaf --backbone fsrcnn --phase backbone")
+    create_model("enaf-fsrcnn", scale=4, weights=export)
+
+    again = CliRunner().invoke(_cli(), [
+        "train", "enaf", "--backbone", "fsrcnn", "--run-dir", str(tmp_path / "run"),
+        "--device", "cpu", "--steps-scale", "0.5", *sets])
+    assert again.exit_code == 1 and "--resume" in again.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "enaf", "--backbone", "fsrcnn", "--set", "phases.backbone.lr=-1"],
+     "phases.backbone.lr: must be > 0"),
+    (["train", "enaf", "--backbone", "vgg"], "unknown enaf backbone 'vgg'"),
+    (["train", "gan", "--backbone", "fsrcnn"], "unknown model family 'gan'"),
+    (["train", "enaf"], "give --backbone"),
+    (["train", "enaf", "-b", "fsrcnn", "--phase", "warmup"], "--phase must be"),
+])
+def test_cli_errors_are_one_red_line(args: list[str], message: str, tmp_path: Path,
+                                     monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(_cli(), args)
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_family_table_points_at_packaged_configs() -> None:
+    for family in FAMILIES.values():
+        for backbone in family.backbones:
+            assert default_config(family.name, backbone).is_file()
+
+
+def test_sigterm_checkpoints_at_a_step_boundary(folders, tmp_path) -> None:
+    import os
+    import signal
+
+    cfg = tiny_config(folders, tmp_path / "run")
+    before = signal.getsignal(signal.SIGTERM)
+
+    def terminate(info: loop.StepInfo) -> None:
+        if (info.phase, info.step) == ("backbone", 3):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(TrainingInterrupted) as info:
+        run_training(cfg, callbacks=[terminate])
+    assert (info.value.phase, info.value.step) == ("backbone", 3)
+    assert load_checkpoint(RunDir(tmp_path / "run").last).step == 3
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_cli_interrupted_says_how_to_resume(tmp_path: Path, monkeypatch) -> None:
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        raise TrainingInterrupted("exits", 7, 10, tmp_path / "last.safetensors")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(FAMILIES, "enaf", dataclasses.replace(FAMILIES["enaf"], run=interrupted))
+    result = CliRunner().invoke(_cli(), ["train", "enaf", "-b", "fsrcnn"])
+    assert result.exit_code == 130
+    assert "exits step 7/10" in result.output and "--resume" in result.output
