@@ -157,7 +157,7 @@ def test_models_version_and_pending_commands(tmp_path):
     assert "bicubic" in names
     result = run("--version")
     assert result.exit_code == 0 and __version__ in result.stdout
-    for command in ("bench", "export"):
+    for command in ("export",):
         result = run(command, "enaf")
         assert result.exit_code == 1 and "not available yet" in result.stderr
 

@@ -9,7 +9,9 @@ import typer
 from sr_tile import __version__
 from sr_tile.cli._common import State, out
 from sr_tile.cli.models import models
-from sr_tile.cli.pending import bench, export
+from sr_tile.cli.bench import bench
+from sr_tile.cli.data import data_app
+from sr_tile.cli.pending import export
 from sr_tile.cli.train import train
 from sr_tile.cli.upscale import upscale
 
@@ -23,7 +25,8 @@ app = typer.Typer(
 app.command()(upscale)
 _PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
 app.command("train")(train)
-app.command("bench", context_settings=_PASS_THROUGH)(bench)
+app.command("bench")(bench)
+app.add_typer(data_app, name="data")
 app.command("export", context_settings=_PASS_THROUGH)(export)
 app.command()(models)
 

@@ -79,6 +79,9 @@ def bench(
     overlap: Annotated[Optional[int], typer.Option(help="LR overlap between tiles.")] = None,
     batch_size: Annotated[int, typer.Option(help="Tiles per forward pass.")] = 4,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    threads: Annotated[Optional[int], typer.Option(
+        help="torch CPU threads (default: torch's). On a busy machine use 1: more threads "
+             "than free cores can slow small tiles down many times over.")] = None,
     weights: Annotated[Optional[list[str]], typer.Option(
         help="NAME=FILE: weights for a model instead of the shipped ones (repeatable).")] = None,
     data_root: Annotated[Optional[Path], typer.Option(
@@ -118,7 +121,7 @@ def bench(
         scale=scale, tile=tile, overlap=overlap, batch_size=batch_size, device=device,
         repeat=repeat, warmup=warmup,
         routing=RoutingOptions(eta=eta, gamma=gamma, preset=preset, budget=budget),
-        sweep=sweep_etas, weights=weight_files, limit=limit,
+        sweep=sweep_etas, weights=weight_files, limit=limit, threads=threads,
     )
     specs = plan_rows(models, options)
     routing_given = any(x is not None for x in (preset, eta, budget, sweep))

@@ -21,5 +21,4 @@ def _pending(name: str, issue: str):
     return command
 
 
-bench = _pending("bench", "arrives with the benchmark harness")
 export = _pending("export", "arrives with ONNX export")

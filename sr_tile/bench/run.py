@@ -1,0 +1,387 @@
+"""Benchmark models over a dataset: quality, FLOPs and latency, each row read against its baseline.
+
+Rows (:func:`plan_rows`): ``bicubic`` always; for a static model one row; for a dynamic (routed)
+model its static backbone (``route=False``) AND the routed model at the requested preset, eta or
+budget; with a sweep, one more routed row per eta (for the PSNR-vs-FLOPs curve).
+
+Each row runs every image exactly as ``sr-tile upscale`` does (:meth:`Upscaler.upscale_array`,
+tiled, uint8 in and out). Per model there is one untimed warm-up on a crop of the first image;
+then each image is run ``repeat`` times and its latency is the median of the runner's seconds
+(model compute only). Decoding and LR making are timed apart (``io_s``); each image is loaded
+once for all rows. PSNR-Y / SSIM-Y are taken on the SR output of the first run against the
+mod-cropped HR with a border of ``scale`` pixels.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from sr_tile.bench.datasets import Dataset, LRCache, Pair, load_pair
+from sr_tile.errors import ConfigError, SrTileError
+from sr_tile.metrics import psnr_y, ssim_y
+from sr_tile.models.registry import get_entry
+from sr_tile.routing import RoutingOptions
+from sr_tile.upscale import UpscaleOptions, Upscaler
+
+__all__ = [
+    "DEFAULT_SWEEP",
+    "BenchOptions",
+    "BenchResult",
+    "ImageResult",
+    "RowResult",
+    "RowSpec",
+    "plan_rows",
+    "run_bench",
+]
+
+#: Etas of the default sweep (ENAF's public code sweeps 0.15..5).
+DEFAULT_SWEEP: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+BASELINE_MODEL = "bicubic"
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """How rows are run; the routing options apply to the routed row of each dynamic model."""
+
+    scale: int = 4
+    tile: int | None = None
+    overlap: int | None = None
+    batch_size: int = 4
+    device: str = "cpu"
+    repeat: int = 3
+    warmup: bool = True
+    routing: RoutingOptions = field(default_factory=RoutingOptions)
+    sweep: tuple[float, ...] = ()
+    weights: Mapping[str, str] = field(default_factory=dict)  # model name -> weights file
+    limit: int | None = None  # only the first N images
+    threads: int | None = None  # torch CPU threads while benchmarking; None: torch's default
+
+    def __post_init__(self) -> None:
+        if self.repeat < 1:
+            raise ConfigError(f"--repeat must be >= 1, got {self.repeat}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit must be >= 1, got {self.limit}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {self.threads}")
+        if any(e < 0 or not math.isfinite(e) for e in self.sweep):
+            raise ConfigError(f"--sweep etas must be finite and >= 0, got {list(self.sweep)}")
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """One row of the report: a model run one way."""
+
+    label: str
+    model: str
+    kind: str  # "bicubic" | "static" | "routed" | "sweep"
+    route: bool
+    routing: RoutingOptions
+    repeat: int
+    baseline: str | None  # label of the row this one's savings are read against
+    dynamic: bool = False  # the model routes (its static row is its backbone)
+
+    @property
+    def preset(self) -> str | None:
+        """The preset a routed row used (L/M/S), None for static rows, --eta and --budget."""
+        if not self.route or not self.dynamic:
+            return None
+        r = self.routing
+        if r.eta is not None or r.budget is not None:
+            return None
+        return (r.preset or "M").upper()
+
+
+@dataclass
+class ImageResult:
+    name: str
+    status: str = "ok"  # ok | failed
+    error: str | None = None
+    width: int | None = None  # HR after mod-crop
+    height: int | None = None
+    lr_source: str | None = None  # given | cache | made
+    psnr_y: float | None = None
+    ssim_y: float | None = None
+    flops: int | None = None
+    flops_static: int | None = None
+    latency_s: float | None = None  # median of the timed runs, model compute only
+    latency_runs: list[float] = field(default_factory=list)
+    wall_s: float | None = None  # median wall time of upscale_array (compute + tiling/blending)
+    io_s: float | None = None  # decode + LR making, once per image
+    tiles: int | None = None
+    eta: float | None = None
+    exits: dict[str, float] | None = None
+    token_sparsity: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def flops_pct(self) -> float | None:
+        if not self.flops_static:
+            return None
+        return 100.0 * (self.flops or 0) / self.flops_static
+
+
+@dataclass
+class RowResult:
+    spec: RowSpec
+    weights: str | None = None  # file used, None for shipped / weightless
+    tile: int | None = None
+    overlap: int | None = None
+    flops_note: str | None = None
+    images: list[ImageResult] = field(default_factory=list)
+
+    @property
+    def ok_images(self) -> list[ImageResult]:
+        return [im for im in self.images if im.ok]
+
+    def mean(self) -> dict:
+        """Means over the images that ran: quality and latency averaged per image; flops_pct is
+        total FLOPs over total static FLOPs; exit shares are weighted by tile count."""
+        ok = self.ok_images
+        m: dict = {"psnr_y": None, "ssim_y": None, "flops": None, "flops_pct": None,
+                   "latency_s": None, "flops_static": None, "wall_s": None, "io_s": None,
+                   "eta": None, "exits": None, "token_sparsity": None,
+                   "n_images": len(ok), "n_failed": len(self.images) - len(ok)}
+        if not ok:
+            return m
+        finite = [im.psnr_y for im in ok if im.psnr_y is not None and math.isfinite(im.psnr_y)]
+        m["psnr_y"] = statistics.fmean(finite) if finite else None
+        m["ssim_y"] = statistics.fmean(im.ssim_y for im in ok)
+        m["flops"] = round(statistics.fmean(im.flops or 0 for im in ok))
+        m["flops_static"] = round(statistics.fmean(im.flops_static or 0 for im in ok))
+        total_static = sum(im.flops_static or 0 for im in ok)
+        if total_static:
+            m["flops_pct"] = 100.0 * sum(im.flops or 0 for im in ok) / total_static
+        m["latency_s"] = statistics.fmean(im.latency_s or 0.0 for im in ok)
+        m["wall_s"] = statistics.fmean(im.wall_s or 0.0 for im in ok)
+        m["io_s"] = statistics.fmean(im.io_s or 0.0 for im in ok)
+        etas = [im.eta for im in ok if im.eta is not None]
+        m["eta"] = statistics.fmean(etas) if etas else None
+        with_exits = [im for im in ok if im.exits]
+        if with_exits:
+            tiles = sum(im.tiles or 1 for im in with_exits)
+            keys = list(with_exits[0].exits or {})
+            m["exits"] = {k: sum((im.exits or {}).get(k, 0.0) * (im.tiles or 1)
+                                 for im in with_exits) / tiles for k in keys}
+        sparsity = [im.token_sparsity for im in ok if im.token_sparsity is not None]
+        m["token_sparsity"] = statistics.fmean(sparsity) if sparsity else None
+        return m
+
+
+@dataclass
+class BenchResult:
+    dataset: Dataset
+    options: BenchOptions
+    rows: list[RowResult]
+    lr_cache: str | None = None
+    seconds: float = 0.0
+    threads: int | None = None  # torch CPU threads the rows ran with
+
+    def row(self, label: str) -> RowResult | None:
+        return next((r for r in self.rows if r.spec.label == label), None)
+
+    @property
+    def n_failed(self) -> int:
+        return max((len(r.images) - len(r.ok_images) for r in self.rows), default=0)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _eta_label(eta: float) -> str:
+    return f"eta={eta:g}"
+
+
+def plan_rows(models: list[str], options: BenchOptions) -> list[RowSpec]:
+    """The rows to run for ``--model`` names: bicubic first, then each model's rows, then sweeps.
+
+    Unknown names raise ConfigError (before any work). Duplicate names are run once.
+    """
+    names = [BASELINE_MODEL]
+    for name in models:
+        get_entry(name)  # unknown name -> ConfigError listing the known ones
+        if name not in names:
+            names.append(name)
+    routing = options.routing
+    rows: list[RowSpec] = []
+    sweeps: list[RowSpec] = []
+    for name in names:
+        entry = get_entry(name)
+        if name == BASELINE_MODEL:
+            rows.append(RowSpec(name, name, "bicubic", False, RoutingOptions(), options.repeat,
+                                None))
+            continue
+        if entry.routing != "exits":
+            rows.append(RowSpec(name, name, "static", False, RoutingOptions(), options.repeat,
+                                BASELINE_MODEL))
+            continue
+        static = f"{name} static"
+        rows.append(RowSpec(static, name, "static", False, RoutingOptions(), options.repeat,
+                            BASELINE_MODEL, dynamic=True))
+        if routing.budget is not None:
+            how = f"budget={routing.budget:g}"
+        elif routing.eta is not None:
+            how = _eta_label(routing.eta)
+        else:
+            how = (routing.preset or "M").upper()
+        rows.append(RowSpec(f"{name} {how}", name, "routed", True, routing, options.repeat,
+                            static, dynamic=True))
+        for eta in options.sweep:
+            sweeps.append(RowSpec(f"{name} {_eta_label(eta)}", name, "sweep", True,
+                                  replace(routing, eta=eta, preset=None, budget=None), 1, static,
+                                  dynamic=True))
+    return rows + sweeps
+
+
+def _upscaler(spec: RowSpec, options: BenchOptions) -> Upscaler:
+    return Upscaler(UpscaleOptions(
+        scale=options.scale, model=spec.model, tile=options.tile, overlap=options.overlap,
+        batch_size=options.batch_size, device=options.device, routing=spec.routing,
+        route=spec.route, weights=options.weights.get(spec.model), max_pixels=None,
+    ))
+
+
+def _drop_duplicate_sweeps(specs: list[RowSpec], upscalers: list[Upscaler]) -> None:
+    """A sweep eta equal to its model's routed row's eta would repeat that row: drop it."""
+    routed_etas = {
+        (spec.model, float(up.runner.eta))
+        for spec, up in zip(specs, upscalers)
+        if spec.kind == "routed" and spec.routing.budget is None and hasattr(up.runner, "eta")
+    }
+    for i in reversed(range(len(specs))):
+        spec = specs[i]
+        if spec.kind == "sweep" and (spec.model, float(spec.routing.eta or 0.0)) in routed_etas:
+            del specs[i], upscalers[i]
+
+
+def _upscale(up: Upscaler, lr: np.ndarray) -> np.ndarray:
+    bands = list(up.upscale_array(lr))
+    return bands[0] if len(bands) == 1 else np.concatenate(bands, axis=0)
+
+
+def _warm_up(up: Upscaler, lr: np.ndarray) -> None:
+    """One untimed run on a crop of ``lr`` big enough for a full and a partial tile batch."""
+    t = up.tiling.tile
+    crop = lr[: min(lr.shape[0], 2 * t), : min(lr.shape[1], (up.tiling.batch_size + 1) * t)]
+    _upscale(up, np.ascontiguousarray(crop))
+
+
+def _measure(up: Upscaler, spec: RowSpec, name: str, pair: Pair, scale: int) -> ImageResult:
+    runs: list[float] = []
+    walls: list[float] = []
+    sr: np.ndarray | None = None
+    result = ImageResult(name, width=pair.hr.shape[1], height=pair.hr.shape[0],
+                         lr_source=pair.lr_source, io_s=pair.io_s,
+                         tiles=up.tile_count(pair.lr.shape[1], pair.lr.shape[0]))
+    for _ in range(spec.repeat):
+        start = time.perf_counter()
+        out = _upscale(up, pair.lr)
+        walls.append(time.perf_counter() - start)
+        runner = up.runner
+        runs.append(runner.seconds)
+        if sr is None:
+            sr = out
+            result.flops = int(runner.flops)
+            result.flops_static = int(runner.flops_static)
+            result.exits = runner.exit_shares()
+            eta = getattr(runner, "eta", None)
+            result.eta = float(eta) if eta is not None and spec.route else None
+            sparsity = getattr(runner, "token_sparsity", None)
+            result.token_sparsity = float(sparsity()) if callable(sparsity) else None
+    assert sr is not None
+    if sr.shape != pair.hr.shape:
+        raise SrTileError(f"{name}: output is {sr.shape}, HR is {pair.hr.shape}")
+    result.latency_s = statistics.median(runs)
+    result.latency_runs = runs
+    result.wall_s = statistics.median(walls)
+    result.psnr_y = psnr_y(sr, pair.hr, scale)
+    result.ssim_y = ssim_y(sr, pair.hr, scale)
+    return result
+
+
+ProgressFn = Callable[[str, int, int, str], None]  # (image name, index, total, row label)
+
+
+def run_bench(
+    dataset: Dataset,
+    specs: list[RowSpec],
+    options: BenchOptions,
+    *,
+    cache: LRCache,
+    on_step: ProgressFn | None = None,
+    on_image_error: Callable[[str], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> BenchResult:
+    """Run every row over every image. Models are built first, so a missing weights file or a bad
+    option fails before any image is touched. ``on_start(steps)`` gets the number of (image, row)
+    steps, ``on_step`` is called before each. An unreadable image is recorded as failed in every
+    row and the run goes on; ConfigError if no image could be read at all."""
+    threads = torch.get_num_threads()
+    if options.threads is not None:
+        torch.set_num_threads(options.threads)
+    try:
+        return _run(dataset, list(specs), options, cache=cache, on_step=on_step,
+                    on_image_error=on_image_error, on_start=on_start)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(
+    dataset: Dataset,
+    specs: list[RowSpec],
+    options: BenchOptions,
+    *,
+    cache: LRCache,
+    on_step: ProgressFn | None,
+    on_image_error: Callable[[str], None] | None,
+    on_start: Callable[[int], None] | None,
+) -> BenchResult:
+    upscalers = [_upscaler(spec, options) for spec in specs]
+    _drop_duplicate_sweeps(specs, upscalers)
+    rows = [
+        RowResult(spec, weights=options.weights.get(spec.model), tile=up.tiling.tile,
+                  overlap=up.tiling.overlap, flops_note=up.descriptor.flops_note or None)
+        for spec, up in zip(specs, upscalers)
+    ]
+    samples = dataset.samples[: options.limit] if options.limit else dataset.samples
+    if on_start is not None:
+        on_start(len(samples) * len(rows))  # (image, row) steps
+    warmed = not options.warmup
+    start = time.perf_counter()
+    for index, sample in enumerate(samples, 1):
+        try:
+            pair = load_pair(sample, options.scale, cache)
+        except SrTileError as exc:
+            if on_image_error is not None:
+                on_image_error(str(exc))
+            for row in rows:
+                row.images.append(ImageResult(sample.name, status="failed", error=str(exc)))
+            continue
+        if not warmed:
+            for up in upscalers:
+                _warm_up(up, pair.lr)
+            warmed = True
+        for row, up in zip(rows, upscalers):
+            if on_step is not None:
+                on_step(sample.name, index, len(samples), row.spec.label)
+            try:
+                row.images.append(_measure(up, row.spec, sample.name, pair, options.scale))
+            except SrTileError as exc:
+                if on_image_error is not None:
+                    on_image_error(f"{sample.name} ({row.spec.label}): {exc}")
+                row.images.append(ImageResult(sample.name, status="failed", error=str(exc)))
+        del pair
+    if rows and not rows[0].ok_images:
+        raise ConfigError(f"{dataset.root}: none of the {len(samples)} images could be read")
+    return BenchResult(dataset, options, rows,
+                       lr_cache=str(cache.folder) if cache.folder is not None else None,
+                       seconds=time.perf_counter() - start, threads=torch.get_num_threads())
