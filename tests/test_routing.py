@@ -118,3 +118,22 @@ def test_budget_is_met_per_image(tmp_path, varied_weights, astronaut, budget):
     _, report = _upscale(src, varied_weights, tmp_path, budget=budget)
     assert report.flops <= budget * report.flops_static
     assert report.flops > 0.5 * budget * report.flops_static  # not all-bicubic for no reason
+
+
+def test_calibrated_presets_are_ordered_and_loaded(tmp_path, varied_weights, astronaut):
+    from sr_tile.train.calibrate import calibrate, write_presets
+
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for k, (y, x) in enumerate([(30, 150), (300, 100), (0, 0)]):
+        Image.fromarray(astronaut[y : y + 96, x : x + 112]).save(folder / f"c{k}.png")
+    result = calibrate("enaf-fsrcnn", varied_weights, folder, grid=(0.0, 0.5, 2.0, 50.0))
+    presets = result["presets"]
+    assert presets["L"] <= presets["M"] <= presets["S"]
+    losses = {row["eta"]: row["loss_db"] for row in result["table"]}
+    assert losses[0.0] == pytest.approx(0.0, abs=1e-9)  # eta 0 with untrained exits = full
+    for name, limit in result["thresholds_db"].items():
+        assert losses[presets[name]] <= limit
+    write_presets(varied_weights, result)
+    model = create_model("enaf-fsrcnn", weights=varied_weights)
+    assert model.presets == {k: float(v) for k, v in presets.items()}

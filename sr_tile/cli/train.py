@@ -18,7 +18,8 @@ from rich.table import Table
 from sr_tile.cli._common import err, handle_errors, out
 from sr_tile.errors import ConfigError
 
-_PHASE_HELP = "Phases to run: all, or one of backbone, exits, estimator."
+_PHASE_HELP = ("Phases to run: all, or one of backbone, exits, estimator, calibrate "
+               "(presets L/M/S on the smallest training images; all ends with it).")
 
 
 def _command_line(family: str, options: list[tuple[str, Any]], sets: list[str]) -> str:
@@ -80,9 +81,10 @@ def train(
         config_path = default_config(family, backbone)
     else:
         config_path = config
-    phases = fam.phases if phase == "all" else (phase,)
-    if phase != "all" and phase not in fam.phases:
-        raise ConfigError(f"--phase must be all or one of {', '.join(fam.phases)}, not {phase!r}")
+    phases = fam.phases if phase in ("all", "calibrate") else (phase,)
+    if phase not in ("all", "calibrate", *fam.phases):
+        raise ConfigError(f"--phase must be all, calibrate or one of {', '.join(fam.phases)}, "
+                          f"not {phase!r}")
     values: dict[str, Any] = {}
     if run_dir is not None:
         values["run_dir"] = str(run_dir)
@@ -102,6 +104,9 @@ def train(
         ("--run-dir", run_dir), ("--resume", resume), ("--device", device),
         ("--steps-scale", None if steps_scale == 1.0 else steps_scale), ("--export", export),
     ], sets)
+    if phase == "calibrate":
+        _calibrate(cfg)
+        return
     err.print(f"training {escape(cfg.model)} x{cfg.scale} in {escape(str(cfg.run_dir))}",
               highlight=False)
     try:
@@ -119,3 +124,28 @@ def train(
     out.print(_summary(result))
     if result.export_path is not None:
         out.print(f"weights: {result.export_path}", highlight=False)
+        if phase == "all":
+            _calibrate(cfg, result.export_path)
+
+
+def _calibrate(cfg: Any, weights: Path | None = None) -> None:
+    """Find the L/M/S etas on training images and store them in the weights file."""
+    from sr_tile.train.calibrate import calibrate, write_presets
+
+    weights = Path(weights or cfg.export or Path(cfg.run_dir) / f"{cfg.model}-x{cfg.scale}"
+                   ".safetensors")
+    if not weights.is_file():
+        raise ConfigError(f"{weights}: no weights to calibrate; train first")
+    err.print(f"calibrating presets of {escape(str(weights))} on {escape(cfg.data.train_dir)}",
+              highlight=False)
+    result = calibrate(cfg.model, weights, cfg.data.train_dir, scale=cfg.scale)
+    write_presets(weights, result)
+    table = Table(title=f"presets of {weights.name} (loss vs full network, "
+                        f"{len(result['images'])} training images)", title_justify="left")
+    for name in ("eta", "PSNR-Y loss", "FLOPs % (estimator incl.)", "preset"):
+        table.add_column(name, justify="right")
+    for row in result["table"]:
+        marks = ",".join(k for k, v in result["presets"].items() if v == row["eta"])
+        table.add_row(f"{row['eta']:g}", f"{row['loss_db']:.3f} dB", f"{row['flops_pct']:.1f}",
+                      marks)
+    out.print(table)
