@@ -34,6 +34,7 @@ class RoutingOptions:
     gamma: float = DEFAULT_GAMMA
     preset: str | None = None
     budget: float | None = None  # average FLOPs as a fraction of the full network
+    path: int | None = None  # force one path for every tile (per-exit baselines); no estimator
 
     def __post_init__(self) -> None:
         if self.preset is not None and self.preset.upper() not in DEFAULT_PRESETS:
@@ -42,8 +43,10 @@ class RoutingOptions:
             raise ConfigError(f"--budget must be in (0, 1], got {self.budget}")
         if self.eta is not None and self.eta < 0:
             raise ConfigError(f"--eta must be >= 0, got {self.eta}")
-        if sum(x is not None for x in (self.eta, self.preset, self.budget)) > 1:
+        if sum(x is not None for x in (self.eta, self.preset, self.budget, self.path)) > 1:
             raise ConfigError("give at most one of --eta, --preset and --budget")
+        if self.path is not None and self.path < 0:
+            raise ConfigError(f"path must be >= 0, got {self.path}")
 
     def resolve_eta(self, presets: dict[str, float]) -> float:
         if self.eta is not None:

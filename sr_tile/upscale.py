@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -168,13 +169,13 @@ class ExitRunner(TileRunner):
     def __init__(self, model: EnafSR, *, device: torch.device, alpha: str,
                  routing: RoutingOptions) -> None:
         self.routing = routing
-        self.eta = routing.resolve_eta(model.presets)
+        self.eta = None if routing.path is not None else routing.resolve_eta(model.presets)
         super().__init__(model, device=device, alpha=alpha)
 
     def reset(self) -> None:
         super().reset()
         self.paths: list[int] = []
-        self._planned: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._planned: deque[tuple[torch.Tensor, torch.Tensor]] = deque()
 
     def prepare(self, image: np.ndarray, tiling: TileConfig) -> None:
         """With a budget: estimate every tile first, then pick this image's eta."""
@@ -208,9 +209,12 @@ class ExitRunner(TileRunner):
         if not routed:
             self.flops += costs[-1] * x.shape[0]
             return self.model(x)
-        u, blank = self._planned.pop(0) if self._planned else self._estimate(x)
-        paths = fuse(u, blank, self.model.costs(*x.shape[-2:]), eta=self.eta,
-                     gamma=self.routing.gamma)
+        if self.routing.path is not None:  # a fixed exit: no estimator runs, none is counted
+            paths = torch.full((x.shape[0],), self.routing.path, dtype=torch.long)
+        else:
+            u, blank = self._planned.popleft() if self._planned else self._estimate(x)
+            paths = fuse(u, blank, self.model.costs(*x.shape[-2:]), eta=self.eta,
+                         gamma=self.routing.gamma)
         chosen = paths.tolist()
         self.paths += chosen
         self.flops += sum(costs[p] for p in chosen)

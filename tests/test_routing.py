@@ -83,10 +83,10 @@ def varied_weights(tmp_path):
     return path
 
 
-def _upscale(path, weights, tmp_path, **routing):
+def _upscale(src, weights, tmp_path, **routing):
     up = Upscaler(UpscaleOptions(model="enaf-fsrcnn", weights=str(weights),
                                  routing=RoutingOptions(**routing)))
-    report = up.upscale_file(path, tmp_path / f"out{len(list(tmp_path.iterdir()))}.png",
+    report = up.upscale_file(src, tmp_path / f"out{len(list(tmp_path.iterdir()))}.png",
                              exit_map=tmp_path / "map.png")
     return up, report
 
@@ -137,3 +137,24 @@ def test_calibrated_presets_are_ordered_and_loaded(tmp_path, varied_weights, ast
     write_presets(varied_weights, result)
     model = create_model("enaf-fsrcnn", weights=varied_weights)
     assert model.presets == {k: float(v) for k, v in presets.items()}
+
+
+@pytest.mark.parametrize("path", [1, 2])
+def test_forced_exit_runs_that_exit_only_and_no_estimator(tmp_path, varied_weights, astronaut,
+                                                          path):
+    src = tmp_path / "in.png"
+    Image.fromarray(astronaut[30:150, 150:300]).save(src)
+    up, report = _upscale(src, varied_weights, tmp_path, path=path)
+    costs = up.model.backbone.path_flops(32, 32)
+    assert set(up.runner.paths) == {path}
+    assert report.flops == costs[path] * report.tiles  # no estimator FLOPs
+    assert report.exits[("bicubic", "exit1", "exit2", "full")[path]] == 1.0
+
+
+def test_bench_plans_exit_rows():
+    from sr_tile.bench import BenchOptions, plan_rows
+
+    rows = plan_rows(["enaf-fsrcnn"], BenchOptions(exit_rows=True))
+    exits = [r for r in rows if r.kind == "exit"]
+    assert [r.routing.path for r in exits] == [1, 2]
+    assert all(r.baseline == "enaf-fsrcnn static" and r.preset is None for r in exits)

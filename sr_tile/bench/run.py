@@ -62,6 +62,7 @@ class BenchOptions:
     weights: Mapping[str, str] = field(default_factory=dict)  # model name -> weights file
     limit: int | None = None  # only the first N images
     threads: int | None = None  # torch CPU threads while benchmarking; None: torch's default
+    exit_rows: bool = False  # one row per early exit taken by every tile (routed models)
 
     def __post_init__(self) -> None:
         if self.repeat < 1:
@@ -80,7 +81,7 @@ class RowSpec:
 
     label: str
     model: str
-    kind: str  # "bicubic" | "static" | "routed" | "sweep"
+    kind: str  # "bicubic" | "static" | "routed" | "exit" | "sweep"
     route: bool
     routing: RoutingOptions
     repeat: int
@@ -93,7 +94,7 @@ class RowSpec:
         if not self.route or not self.dynamic:
             return None
         r = self.routing
-        if r.eta is not None or r.budget is not None:
+        if r.eta is not None or r.budget is not None or r.path is not None:
             return None
         return (r.preset or "M").upper()
 
@@ -235,6 +236,10 @@ def plan_rows(models: list[str], options: BenchOptions) -> list[RowSpec]:
             how = (routing.preset or "M").upper()
         rows.append(RowSpec(f"{name} {how}", name, "routed", True, routing, options.repeat,
                             static, dynamic=True))
+        if options.exit_rows:
+            for k in range(1, 3):
+                rows.append(RowSpec(f"{name} exit{k}", name, "exit", True,
+                                    RoutingOptions(path=k), options.repeat, static, dynamic=True))
         for eta in options.sweep:
             sweeps.append(RowSpec(f"{name} {_eta_label(eta)}", name, "sweep", True,
                                   replace(routing, eta=eta, preset=None, budget=None), 1, static,

@@ -91,6 +91,8 @@ def bench(
     cache: Annotated[bool, typer.Option(help="Cache made LR images.")] = True,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N images.")] = None,
     per_image: Annotated[bool, typer.Option(help="Also print PSNR-Y per image.")] = True,
+    exit_rows: Annotated[bool, typer.Option(
+        help="Routed models: add a row per early exit taken by every tile.")] = False,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON.")] = None,
     csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write the results as CSV.")] = None,
     plot_path: Annotated[Optional[Path], typer.Option(
@@ -121,7 +123,7 @@ def bench(
         scale=scale, tile=tile, overlap=overlap, batch_size=batch_size, device=device,
         repeat=repeat, warmup=warmup,
         routing=RoutingOptions(eta=eta, gamma=gamma, preset=preset, budget=budget),
-        sweep=sweep_etas, weights=weight_files, limit=limit, threads=threads,
+        sweep=sweep_etas, weights=weight_files, limit=limit, threads=threads, exit_rows=exit_rows,
     )
     specs = plan_rows(models, options)
     routing_given = any(x is not None for x in (preset, eta, budget, sweep))
