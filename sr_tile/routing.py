@@ -19,19 +19,24 @@ import torch
 
 from sr_tile.errors import ConfigError
 
-# Presets trade PSNR for FLOPs like the paper's ENAF-L/M/S. They are the etas
-# calibrated on the val set for each shipped model (stored in its weights'
-# metadata); these are the fall-backs for weights without calibration.
-DEFAULT_PRESETS = {"L": 0.5, "M": 1.0, "S": 2.0}
+# Presets trade PSNR for FLOPs like the paper's ENAF-L/M/S. Each is an (eta,
+# gamma) pair calibrated on training images for each shipped model and stored in
+# its weights' metadata (sr_tile.train.calibrate); these are the fall-backs for
+# weights without calibration (gamma 1 as in the paper's code).
 DEFAULT_GAMMA = 1.0
+DEFAULT_PRESETS: dict[str, dict[str, float]] = {
+    "L": {"eta": 0.5, "gamma": DEFAULT_GAMMA},
+    "M": {"eta": 1.0, "gamma": DEFAULT_GAMMA},
+    "S": {"eta": 2.0, "gamma": DEFAULT_GAMMA},
+}
 
 
 @dataclass(frozen=True)
 class RoutingOptions:
-    """How patches are routed. ``eta`` None: take the preset's (default preset M)."""
+    """How patches are routed. ``eta``/``gamma`` None: the preset's (default preset M)."""
 
     eta: float | None = None
-    gamma: float = DEFAULT_GAMMA
+    gamma: float | None = None
     preset: str | None = None
     budget: float | None = None  # average FLOPs as a fraction of the full network
     path: int | None = None  # force one path for every tile (per-exit baselines); no estimator
@@ -48,10 +53,12 @@ class RoutingOptions:
         if self.path is not None and self.path < 0:
             raise ConfigError(f"path must be >= 0, got {self.path}")
 
-    def resolve_eta(self, presets: dict[str, float]) -> float:
-        if self.eta is not None:
-            return self.eta
-        return presets[(self.preset or "M").upper()]
+    def resolve(self, presets: dict[str, dict[str, float]]) -> tuple[float, float]:
+        """(eta, gamma): explicit values win, the rest comes from the preset (M by default)."""
+        chosen = presets[(self.preset or "M").upper()]
+        eta = self.eta if self.eta is not None else chosen["eta"]
+        gamma = self.gamma if self.gamma is not None else chosen.get("gamma", DEFAULT_GAMMA)
+        return float(eta), float(gamma)
 
 
 def fuse(u: torch.Tensor, blank: torch.Tensor, costs: torch.Tensor, *, eta: float,

@@ -46,7 +46,7 @@ class UpscaleOptions:
     model: str = DEFAULT_MODEL
     tile: int | None = None  # LR tile side; None: the model's default
     overlap: int | None = None  # LR overlap; None: the model's default
-    batch_size: int = 4
+    batch_size: int | None = None  # tiles per forward pass; None: ~64k LR pixels per batch
     device: str = "cpu"
     alpha: str = "bicubic"  # how alpha is upscaled: "bicubic" or "model"
     fmt: str | None = None  # output format; None: keep the input's
@@ -80,6 +80,7 @@ class ImageReport:
     flops_convention: str = FLOPS_CONVENTION
     flops_note: str | None = None
     eta: float | None = None  # routed models: the eta used for this image
+    gamma: float | None = None  # routed models: the blank-vector weight used
     exits: dict[str, float] | None = None  # routed models: share of tiles per path
     exit_map: str | None = None
 
@@ -169,7 +170,9 @@ class ExitRunner(TileRunner):
     def __init__(self, model: EnafSR, *, device: torch.device, alpha: str,
                  routing: RoutingOptions) -> None:
         self.routing = routing
-        self.eta = None if routing.path is not None else routing.resolve_eta(model.presets)
+        self.eta, self.gamma = routing.resolve(model.presets)
+        if routing.path is not None:
+            self.eta = None
         super().__init__(model, device=device, alpha=alpha)
 
     def reset(self) -> None:
@@ -193,7 +196,7 @@ class ExitRunner(TileRunner):
         h, w = py.tile, px.tile
         full = self.model.backbone.path_flops(h, w)[-1]
         self.eta = eta_for_budget(
-            u, blank, self.model.costs(h, w), gamma=self.routing.gamma,
+            u, blank, self.model.costs(h, w), gamma=self.gamma,
             budget=self.routing.budget, overhead=self.model.estimator_flops(h, w) / full,
         )
         self.seconds += time.perf_counter() - start
@@ -214,7 +217,7 @@ class ExitRunner(TileRunner):
         else:
             u, blank = self._planned.popleft() if self._planned else self._estimate(x)
             paths = fuse(u, blank, self.model.costs(*x.shape[-2:]), eta=self.eta,
-                         gamma=self.routing.gamma)
+                         gamma=self.gamma)
         chosen = paths.tolist()
         self.paths += chosen
         self.flops += sum(costs[p] for p in chosen)
@@ -223,6 +226,11 @@ class ExitRunner(TileRunner):
     def exit_shares(self) -> dict[str, float]:
         n = max(len(self.paths), 1)
         return {name: self.paths.count(j) / n for j, name in enumerate(self.PATH_NAMES)}
+
+
+def auto_batch_size(tile: int) -> int:
+    """About 64k LR pixels per forward pass: 64 tiles of 32x32, 1 tile of 256x256."""
+    return max(1, min(256, 65536 // (tile * tile)))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -260,7 +268,7 @@ class Upscaler:
             default_tile=d.default_tile,
             default_overlap=d.default_overlap,
             size_multiple=d.size_multiple,
-            batch_size=options.batch_size,
+            batch_size=options.batch_size or auto_batch_size(options.tile or d.default_tile),
         )
         if d.routing == Routing.EXITS and options.route:
             self.runner: TileRunner = ExitRunner(
@@ -350,6 +358,7 @@ class Upscaler:
             flops_static=self.runner.flops_static,
             flops_note=self.descriptor.flops_note or None,
             eta=getattr(self.runner, "eta", None),
+            gamma=getattr(self.runner, "gamma", None),
             exits=shares,
             exit_map=str(exit_map) if exit_map is not None and shares is not None else None,
         )

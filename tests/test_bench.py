@@ -292,8 +292,8 @@ def test_bench_json_shape_rows_and_csv(tmp_path, hr_folder, fsrcnn_weights):
 def test_bench_unreadable_image_is_reported_and_the_rest_go_on(tmp_path, hr_folder):
     (hr_folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
     report = tmp_path / "r.json"
-    result = run("bench", hr_folder, "--repeat", "1", "--cache-dir", tmp_path / "cache",
-                 "--json", report)
+    result = run("bench", hr_folder, "-m", "bicubic", "--repeat", "1", "--cache-dir",
+                 tmp_path / "cache", "--json", report)
     assert result.exit_code == 1
     assert "broken.png" in result.output and "1 image(s) failed" in result.output
     (row,) = json.loads(report.read_text())["models"]

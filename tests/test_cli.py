@@ -48,14 +48,14 @@ def test_upscale_writes_output_and_json(tmp_path, small_png):
 def test_default_output_name_keeps_format(tmp_path, astronaut):
     src = tmp_path / "photo.jpg"
     Image.fromarray(astronaut[:32, :32]).save(src, quality=95)
-    result = run("upscale", src, "--scale", "2")
+    result = run("upscale", src, "--scale", "2", "-m", "bicubic")
     assert result.exit_code == 0, result.output
     with Image.open(tmp_path / "photo_x2.jpg") as im:
         assert im.format == "JPEG" and im.size == (64, 64)
 
 
 def test_format_option_changes_format_and_suffix(tmp_path, small_png):
-    result = run("upscale", small_png, "--scale", "2", "--format", "tiff", "-d", tmp_path / "o")
+    result = run("upscale", small_png, "--scale", "2", "-m", "bicubic", "--format", "tiff", "-d", tmp_path / "o")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "o" / "small.tif").is_file()
 
@@ -76,7 +76,7 @@ def test_bad_input_is_one_line_exit_1_and_no_output(tmp_path, small_png, name):
     else:
         bad.write_bytes(BAD_FILES[name])
     before = listing(tmp_path)
-    result = run("upscale", bad, "--scale", "2", "-d", tmp_path / "out")
+    result = run("upscale", bad, "--scale", "2", "-m", "bicubic", "-d", tmp_path / "out")
     assert result.exit_code == 1
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("error:") and name in errors[0]
@@ -90,7 +90,7 @@ def test_batch_goes_on_after_a_bad_file(tmp_path, astronaut):
     Image.fromarray(astronaut[:24, :24]).save(folder / "a.png")
     (folder / "b.png").write_bytes(b"not an image")
     Image.fromarray(astronaut[24:48, :24]).save(folder / "sub" / "c.png")
-    result = run("upscale", folder, "--recursive", "--scale", "2", "-d", tmp_path / "out",
+    result = run("upscale", folder, "--recursive", "--scale", "2", "-m", "bicubic", "-d", tmp_path / "out",
                  "--json", tmp_path / "r.json")
     assert result.exit_code == 1
     assert (tmp_path / "out" / "a.png").is_file()
@@ -106,7 +106,7 @@ def test_quoted_glob_and_missing_file(tmp_path, astronaut):
     for name in ("x1.png", "x2.png"):
         Image.fromarray(astronaut[:16, :16]).save(tmp_path / name)
     result = run("upscale", str(tmp_path / "x*.png"), str(tmp_path / "missing.png"),
-                 "--scale", "2", "-d", tmp_path / "out")
+                 "--scale", "2", "-m", "bicubic", "-d", tmp_path / "out")
     assert result.exit_code == 1
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["x1.png", "x2.png"]
     assert "missing.png" in result.stderr
@@ -115,16 +115,16 @@ def test_quoted_glob_and_missing_file(tmp_path, astronaut):
 def test_existing_output_needs_overwrite_and_input_is_never_overwritten(tmp_path, small_png):
     out = tmp_path / "out.png"
     out.write_bytes(b"keep me")
-    result = run("upscale", small_png, "--scale", "2", "-o", out)
+    result = run("upscale", small_png, "--scale", "2", "-m", "bicubic", "-o", out)
     assert result.exit_code == 1 and "--overwrite" in result.stderr
     assert out.read_bytes() == b"keep me"
-    assert run("upscale", small_png, "--scale", "2", "-o", out, "--skip-existing").exit_code == 0
+    assert run("upscale", small_png, "--scale", "2", "-m", "bicubic", "-o", out, "--skip-existing").exit_code == 0
     assert out.read_bytes() == b"keep me"
-    assert run("upscale", small_png, "--scale", "2", "-o", out, "--overwrite").exit_code == 0
+    assert run("upscale", small_png, "--scale", "2", "-m", "bicubic", "-o", out, "--overwrite").exit_code == 0
     assert out.read_bytes() != b"keep me"
 
     original = small_png.read_bytes()
-    result = run("upscale", small_png, "--scale", "2", "-o", small_png, "--overwrite")
+    result = run("upscale", small_png, "--scale", "2", "-m", "bicubic", "-o", small_png, "--overwrite")
     assert result.exit_code == 1 and "input" in result.stderr
     assert small_png.read_bytes() == original
 
@@ -167,11 +167,11 @@ def test_console_script_exit_codes(tmp_path, small_png):
     exe = Path(sys.executable).with_name("sr-tile")
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"")
-    proc = subprocess.run([exe, "upscale", bad, "-o", tmp_path / "o.png"],
+    proc = subprocess.run([exe, "upscale", bad, "-m", "bicubic", "-o", tmp_path / "o.png"],
                           capture_output=True, text=True)
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0 and "empty" in proc.stderr
-    proc = subprocess.run([exe, "upscale", small_png, "-s", "2", "-o", tmp_path / "ok.png"],
+    proc = subprocess.run([exe, "upscale", small_png, "-s", "2", "-m", "bicubic", "-o", tmp_path / "ok.png"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "ok.png").is_file()
@@ -200,3 +200,16 @@ def test_routed_model_flags_exit_map_and_report(tmp_path, astronaut):
     assert result.exit_code == 1 and "at most one of" in result.stderr
     result = run("upscale", src, "-m", "enaf-carn", "--weights", weights, "-o", tmp_path / "q.png")
     assert result.exit_code == 1 and "not enaf-carn" in result.stderr
+
+
+def test_default_model_uses_shipped_weights_with_no_flags(tmp_path, small_png):
+    """`sr-tile upscale photo.png` on a fresh install: ENAF with the shipped weights."""
+    from sr_tile.models.registry import DEFAULT_MODEL, shipped_weights
+
+    assert shipped_weights(DEFAULT_MODEL, 4) is not None
+    result = run("upscale", small_png, "--json", tmp_path / "r.json")
+    assert result.exit_code == 0, result.output
+    (image,) = json.loads((tmp_path / "r.json").read_text())["images"]
+    assert image["model"] == DEFAULT_MODEL and image["scale"] == 4
+    assert image["flops_static"] > 0 and image["exits"] is not None
+    assert (small_png.parent / "small_x4.png").is_file()

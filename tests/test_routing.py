@@ -127,16 +127,22 @@ def test_calibrated_presets_are_ordered_and_loaded(tmp_path, varied_weights, ast
     folder.mkdir()
     for k, (y, x) in enumerate([(30, 150), (300, 100), (0, 0)]):
         Image.fromarray(astronaut[y : y + 96, x : x + 112]).save(folder / f"c{k}.png")
-    result = calibrate("enaf-fsrcnn", varied_weights, folder, grid=(0.0, 0.5, 2.0, 50.0))
+    result = calibrate("enaf-fsrcnn", varied_weights, folder, grid=(0.0, 0.5, 2.0, 50.0),
+                       gammas=(0.0, 1.0))
     presets = result["presets"]
-    assert presets["L"] <= presets["M"] <= presets["S"]
-    losses = {row["eta"]: row["loss_db"] for row in result["table"]}
-    assert losses[0.0] == pytest.approx(0.0, abs=1e-9)  # eta 0 with untrained exits = full
+    rows = {(r["gamma"], r["eta"]): r for r in result["table"]}
+    assert len(rows) == 8
+    chosen = {k: rows[(v["gamma"], v["eta"])] for k, v in presets.items()}
+    # looser thresholds never cost more FLOPs
+    assert chosen["L"]["flops_pct"] >= chosen["M"]["flops_pct"] >= chosen["S"]["flops_pct"]
     for name, limit in result["thresholds_db"].items():
-        assert losses[presets[name]] <= limit
+        within = [r for r in rows.values() if r["loss_db"] <= limit]
+        if within:
+            assert chosen[name]["loss_db"] <= limit
+            assert chosen[name]["flops_pct"] == min(r["flops_pct"] for r in within)
     write_presets(varied_weights, result)
     model = create_model("enaf-fsrcnn", weights=varied_weights)
-    assert model.presets == {k: float(v) for k, v in presets.items()}
+    assert model.presets == presets
 
 
 @pytest.mark.parametrize("path", [1, 2])

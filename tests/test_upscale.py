@@ -47,7 +47,7 @@ def test_rgba_16bit_alpha_is_upscaled_and_kept(tmp_path, astronaut):
     src = tmp_path / "rgba16.tif"
     tifffile.imwrite(src, np.dstack([rgb, alpha]), photometric="rgb", extrasamples=["unassalpha"])
     dst = tmp_path / "out.tif"
-    Upscaler(UpscaleOptions(scale=2)).upscale_file(src, dst)
+    Upscaler(UpscaleOptions(scale=2, model="bicubic")).upscale_file(src, dst)
     out = read_image(dst).pixels
     assert out.dtype == np.uint16 and out.shape == (64, 80, 4)
     expected = imresize(torch.from_numpy(alpha / 65535.0)[None, None], 2, antialias=False)
@@ -59,7 +59,7 @@ def test_constant_alpha_passes_through_without_work(tmp_path, astronaut):
     src = tmp_path / "rgba.png"
     rgba = np.dstack([astronaut[:20, :20], np.full((20, 20), 200, np.uint8)])
     Image.fromarray(rgba).save(src)
-    up = Upscaler(UpscaleOptions(scale=2))
+    up = Upscaler(UpscaleOptions(scale=2, model="bicubic"))
     calls = []
 
     class Spy:
@@ -92,7 +92,7 @@ def test_modes_survive_the_whole_pipeline(tmp_path, astronaut, mode, make):
     src = tmp_path / f"in_{mode.replace(';', '')}.png"
     make(astronaut[:24, :30]).save(src)
     dst = tmp_path / "out.png"
-    report = Upscaler(UpscaleOptions(scale=2)).upscale_file(src, dst)
+    report = Upscaler(UpscaleOptions(scale=2, model="bicubic")).upscale_file(src, dst)
     a, b = read_image(src).pixels, read_image(dst).pixels
     assert b.shape == (48, 60, a.shape[2]) and b.dtype == a.dtype
     assert report.out_width == 60 and report.out_height == 48

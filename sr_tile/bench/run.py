@@ -53,7 +53,7 @@ class BenchOptions:
     scale: int = 4
     tile: int | None = None
     overlap: int | None = None
-    batch_size: int = 4
+    batch_size: int | None = None
     device: str = "cpu"
     repeat: int = 3
     warmup: bool = True

@@ -66,7 +66,8 @@ def bench(
     preset: Annotated[Optional[str], typer.Option(
         help="Routed rows: L (quality), M or S (speed); default M.")] = None,
     eta: Annotated[Optional[float], typer.Option(help="Routed rows: cost weight of Eq. 9.")] = None,
-    gamma: Annotated[float, typer.Option(help="Routed rows: blank-vector weight.")] = 1.0,
+    gamma: Annotated[Optional[float], typer.Option(
+        help="Routed rows: blank-vector weight (default: the preset's).")] = None,
     budget: Annotated[Optional[float], typer.Option(
         help="Routed rows: mean FLOPs as a fraction of the full network.")] = None,
     sweep: Annotated[Optional[str], typer.Option(
@@ -77,7 +78,8 @@ def bench(
     warmup: Annotated[bool, typer.Option(help="One untimed warm-up run per model.")] = True,
     tile: Annotated[Optional[int], typer.Option(help="LR tile side (default: the model's).")] = None,
     overlap: Annotated[Optional[int], typer.Option(help="LR overlap between tiles.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Tiles per forward pass.")] = 4,
+    batch_size: Annotated[Optional[int], typer.Option(
+        help="Tiles per forward pass (default: about 64k LR pixels).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     threads: Annotated[Optional[int], typer.Option(
         help="torch CPU threads (default: torch's). On a busy machine use 1: more threads "

@@ -142,10 +142,11 @@ def _calibrate(cfg: Any, weights: Path | None = None) -> None:
     write_presets(weights, result)
     table = Table(title=f"presets of {weights.name} (loss vs full network, "
                         f"{len(result['images'])} training images)", title_justify="left")
-    for name in ("eta", "PSNR-Y loss", "FLOPs % (estimator incl.)", "preset"):
+    for name in ("gamma", "eta", "PSNR-Y loss", "FLOPs % (estimator incl.)", "preset"):
         table.add_column(name, justify="right")
     for row in result["table"]:
-        marks = ",".join(k for k, v in result["presets"].items() if v == row["eta"])
-        table.add_row(f"{row['eta']:g}", f"{row['loss_db']:.3f} dB", f"{row['flops_pct']:.1f}",
-                      marks)
+        marks = ",".join(k for k, v in result["presets"].items()
+                         if (v["eta"], v["gamma"]) == (row["eta"], row["gamma"]))
+        table.add_row(f"{row['gamma']:g}", f"{row['eta']:g}", f"{row['loss_db']:.3f} dB",
+                      f"{row['flops_pct']:.1f}", marks)
     out.print(table)

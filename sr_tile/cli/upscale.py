@@ -77,7 +77,8 @@ def upscale(
     model: Annotated[str, typer.Option("--model", "-m", help="Model name (sr-tile models).")] = DEFAULT_MODEL,
     tile: Annotated[Optional[int], typer.Option(help="LR tile side in pixels.")] = None,
     overlap: Annotated[Optional[int], typer.Option(help="LR overlap between tiles.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Tiles per forward pass.")] = 4,
+    batch_size: Annotated[Optional[int], typer.Option(
+        help="Tiles per forward pass (default: about 64k LR pixels).")] = None,
     fmt: Annotated[
         Optional[str], typer.Option("--format", "-f", help="png, jpeg, webp, bmp or tiff.")
     ] = None,
@@ -105,7 +106,8 @@ def upscale(
         Optional[str], typer.Option(help="Routed models: L (quality), M or S (speed).")
     ] = None,
     eta: Annotated[Optional[float], typer.Option(help="Routed models: cost weight of Eq. 9.")] = None,
-    gamma: Annotated[float, typer.Option(help="Routed models: blank-vector weight.")] = 1.0,
+    gamma: Annotated[Optional[float], typer.Option(
+        help="Routed models: blank-vector weight (default: the preset's).")] = None,
     budget: Annotated[
         Optional[float],
         typer.Option(help="Routed models: mean FLOPs as a fraction of the full network."),

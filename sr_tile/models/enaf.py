@@ -26,7 +26,7 @@ class EnafSR(nn.Module):
         self.estimator = PSNREstimator(num_paths=backbone.num_paths)
         self.descriptor = backbone.descriptor
         self.scale = backbone.scale
-        self.presets: dict[str, float] = dict(DEFAULT_PRESETS)
+        self.presets: dict[str, dict[str, float]] = {k: dict(v) for k, v in DEFAULT_PRESETS.items()}
         self._estimator_flops: dict[tuple[int, int], int] = {}
 
     @property

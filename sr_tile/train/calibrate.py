@@ -18,9 +18,11 @@ from safetensors.torch import load_file, save_file
 from sr_tile.bench import BenchOptions, plan_rows, run_bench
 from sr_tile.bench.datasets import Dataset, LRCache, image_files, scan_folder
 from sr_tile.errors import ConfigError
+from sr_tile.routing import RoutingOptions
 
-THRESHOLDS_DB = {"L": 0.01, "M": 0.05, "S": 0.2}
+THRESHOLDS_DB = {"L": 0.02, "M": 0.1, "S": 0.3}
 ETA_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+GAMMA_GRID = (0.0, 0.5, 1.0)
 N_IMAGES = 6  # the smallest training images: varied content, cheap to sweep
 
 
@@ -36,30 +38,42 @@ def calibration_set(folder: str | Path, *, scale: int, n: int = N_IMAGES) -> Dat
 
 
 def calibrate(model: str, weights: str | Path, folder: str | Path, *, scale: int = 4,
-              grid: tuple[float, ...] = ETA_GRID,
+              grid: tuple[float, ...] = ETA_GRID, gammas: tuple[float, ...] = GAMMA_GRID,
               thresholds: dict[str, float] = THRESHOLDS_DB,
               on_step: Callable[..., Any] | None = None) -> dict[str, Any]:
-    """Sweep eta on the calibration images; return presets and the measured table."""
+    """Sweep (gamma, eta) on the calibration images; return presets and the measured table.
+
+    A preset is the cheapest (fewest FLOPs) setting within its PSNR-loss threshold; if none
+    is, the most accurate setting measured.
+    """
     if not image_files(Path(folder)):
         raise ConfigError(f"{folder}: no calibration images")
     data = calibration_set(folder, scale=scale)
-    options = BenchOptions(scale=scale, repeat=1, warmup=False, sweep=grid,
-                           weights={model: str(weights)})
-    specs = [s for s in plan_rows([model], options) if s.kind in ("static", "sweep")]
-    result = run_bench(data, specs, options, cache=LRCache(None), on_step=on_step)
-    static = next(r for r in result.rows if r.spec.kind == "static").mean()["psnr_y"]
     table = []
-    for row in result.rows:
-        if row.spec.kind != "sweep":
-            continue
-        mean = row.mean()
-        table.append({"eta": row.spec.routing.eta, "loss_db": static - mean["psnr_y"],
-                      "flops_pct": mean["flops_pct"], "exits": mean["exits"]})
-    table.sort(key=lambda r: r["eta"])
+    static = None
+    for gamma in gammas:
+        options = BenchOptions(scale=scale, repeat=1, warmup=False, sweep=grid,
+                               weights={model: str(weights)},
+                               routing=RoutingOptions(gamma=gamma))
+        keep = ("static", "sweep") if static is None else ("sweep",)
+        specs = [s for s in plan_rows([model], options) if s.kind in keep]
+        result = run_bench(data, specs, options, cache=LRCache(None), on_step=on_step)
+        for row in result.rows:
+            mean = row.mean()
+            if row.spec.kind == "static":
+                static = mean["psnr_y"]
+                continue
+            table.append({"eta": row.spec.routing.eta, "gamma": gamma, "psnr_y": mean["psnr_y"],
+                          "flops_pct": mean["flops_pct"], "exits": mean["exits"]})
+    for row in table:
+        row["loss_db"] = static - row.pop("psnr_y")
+    table.sort(key=lambda r: (r["gamma"], r["eta"]))
     presets = {}
     for name, limit in thresholds.items():
-        ok = [r["eta"] for r in table if r["loss_db"] <= limit]
-        presets[name] = max(ok) if ok else 0.0
+        ok = [r for r in table if r["loss_db"] <= limit]
+        best = min(ok, key=lambda r: r["flops_pct"]) if ok else min(table,
+                                                                    key=lambda r: r["loss_db"])
+        presets[name] = {"eta": best["eta"], "gamma": best["gamma"]}
     return {"presets": presets, "thresholds_db": thresholds, "table": table,
             "static_psnr_y": static, "images": [s.name for s in data.samples],
             "data": str(folder)}
