@@ -165,14 +165,14 @@ def _from_float(band: torch.Tensor, dtype: np.dtype) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int, int]:
-    """Reflect-pad (N, C, h, w) on the bottom/right up to a multiple; returns pads."""
+def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Reflect-pad (N, C, h, w) on the bottom/right up to a multiple of ``multiple``."""
     h, w = x.shape[-2:]
     ph, pw = (-h) % multiple, (-w) % multiple
     if ph or pw:
         mode = "reflect" if ph < h and pw < w else "replicate"
         x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode=mode)
-    return x, ph, pw
+    return x
 
 
 def tile_batches(
@@ -191,7 +191,7 @@ def tile_batches(
                 _to_float(image[y0 : y0 + py.tile, px.starts[j] : px.starts[j] + px.tile])
                 for j in cols
             ]
-            batch, _, _ = _pad_to_multiple(torch.stack(tiles), config.size_multiple)
+            batch = _pad_to_multiple(torch.stack(tiles), config.size_multiple)
             yield i, cols, batch
 
 

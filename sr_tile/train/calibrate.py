@@ -8,6 +8,8 @@ into the weights file's metadata, where ``create_model`` reads them.
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -18,6 +20,8 @@ from safetensors.torch import load_file, save_file
 from sr_tile.bench import BenchOptions, plan_rows, run_bench
 from sr_tile.bench.datasets import Dataset, LRCache, image_files, scan_folder
 from sr_tile.errors import ConfigError
+from sr_tile.io import probe_size
+from sr_tile.models.checkpoint import read_metadata
 from sr_tile.routing import RoutingOptions
 
 THRESHOLDS_DB = {"L": 0.02, "M": 0.1, "S": 0.3}
@@ -29,10 +33,7 @@ N_IMAGES = 6  # the smallest training images: varied content, cheap to sweep
 def calibration_set(folder: str | Path, *, scale: int, n: int = N_IMAGES) -> Dataset:
     """The ``n`` smallest images of a training folder (fixed, reproducible choice)."""
     data = scan_folder(Path(folder), scale=scale)
-    sizes = {s.hr_path: s.hr_path.stat().st_size for s in data.samples}
-    from sr_tile.io import probe_size
-
-    pixels = {p: probe_size(p)[0] * probe_size(p)[1] for p in sizes}
+    pixels = {s.hr_path: math.prod(probe_size(s.hr_path)) for s in data.samples}
     chosen = sorted(data.samples, key=lambda s: (pixels[s.hr_path], s.name))[:n]
     return replace(data, name=f"{data.name} (calibration)", samples=chosen)
 
@@ -81,10 +82,6 @@ def calibrate(model: str, weights: str | Path, folder: str | Path, *, scale: int
 
 def write_presets(weights: str | Path, calibration: dict[str, Any]) -> None:
     """Store the presets (and how they were found) in the weights file's metadata."""
-    import json
-
-    from sr_tile.models.checkpoint import read_metadata
-
     path = Path(weights)
     tensors = load_file(str(path))
     raw = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in read_metadata(path).items()}
