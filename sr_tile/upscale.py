@@ -105,6 +105,9 @@ class TileRunner:
     ``classsr`` convention for the colour path, per batch shape.
     """
 
+    eta: float | None = None  # routing settings, reported per image; none for static nets
+    gamma: float | None = None
+
     def __init__(self, model: torch.nn.Module, *, device: torch.device, alpha: str) -> None:
         self.model = model
         self.device = device
@@ -357,8 +360,8 @@ class Upscaler:
             flops=self.runner.flops,
             flops_static=self.runner.flops_static,
             flops_note=self.descriptor.flops_note or None,
-            eta=getattr(self.runner, "eta", None),
-            gamma=getattr(self.runner, "gamma", None),
+            eta=self.runner.eta,
+            gamma=self.runner.gamma,
             exits=shares,
             exit_map=str(exit_map) if exit_map is not None and shares is not None else None,
         )

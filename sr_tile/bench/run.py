@@ -260,7 +260,7 @@ def _drop_duplicate_sweeps(specs: list[RowSpec], upscalers: list[Upscaler]) -> N
     routed_etas = {
         (spec.model, float(up.runner.eta))
         for spec, up in zip(specs, upscalers)
-        if spec.kind == "routed" and spec.routing.budget is None and hasattr(up.runner, "eta")
+        if spec.kind == "routed" and spec.routing.budget is None and up.runner.eta is not None
     }
     for i in reversed(range(len(specs))):
         spec = specs[i]
@@ -298,7 +298,7 @@ def _measure(up: Upscaler, spec: RowSpec, name: str, pair: Pair, scale: int) -> 
             result.flops = int(runner.flops)
             result.flops_static = int(runner.flops_static)
             result.exits = runner.exit_shares()
-            eta = getattr(runner, "eta", None)
+            eta = runner.eta
             result.eta = float(eta) if eta is not None and spec.route else None
             sparsity = getattr(runner, "token_sparsity", None)
             result.token_sparsity = float(sparsity()) if callable(sparsity) else None

@@ -116,8 +116,5 @@ def create_model(
     if isinstance(weights, (str, Path)):
         meta = load_weights(model, weights, name=name, scale=scale)
         if "presets" in meta and hasattr(model, "presets"):
-            model.presets = {
-                k.upper(): v if isinstance(v, dict) else {"eta": float(v)}
-                for k, v in meta["presets"].items()
-            }
+            model.presets = {k.upper(): v for k, v in meta["presets"].items()}
     return model.eval()
