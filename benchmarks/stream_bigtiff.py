@@ -61,8 +61,10 @@ def main() -> int:
 
     import tifffile
 
-    from sr_tile import UpscaleOptions, Upscaler
+    from sr_tile import UpscaleOptions, Upscaler, tune_allocator
     from sr_tile.io import WriteOptions
+
+    tune_allocator()  # as the CLI does
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

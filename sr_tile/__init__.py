@@ -22,6 +22,7 @@ _EXPORTS = {
     "psnr_y": "sr_tile.metrics",
     "ssim_y": "sr_tile.metrics",
     "imresize": "sr_tile.imresize",
+    "tune_allocator": "sr_tile.runtime",
 }
 __all__ = ["__version__", *_EXPORTS]
 

@@ -26,6 +26,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from sr_tile.ops import pixel_shuffle
+
 __all__ = ["bicubic_taps", "cubic", "imresize", "imresize_np"]
 
 _KERNEL_WIDTH = 4.0  # support of the cubic kernel, in input pixels
@@ -107,6 +109,67 @@ def _resize_dim(
     return out
 
 
+_POLYPHASE_REF = 16  # a length whose middle output pixels see no border
+
+
+def _polyphase_ok(in_hw: tuple[int, int], scales: tuple[float, float],
+                  out_hw: tuple[int, int]) -> bool:
+    """Integer upscaling by the same factor on both axes, image not smaller than the padding."""
+    s = scales[0]
+    return (
+        s == scales[1] and s >= 2 and s == int(s)
+        and out_hw == (in_hw[0] * int(s), in_hw[1] * int(s))
+        and min(in_hw) >= max(_polyphase_kernel(int(s))[1:])
+    )
+
+
+@lru_cache(maxsize=8)
+def _polyphase_kernel(scale: int) -> tuple[np.ndarray, int, int]:
+    """Integer upscaling as ``scale`` phases of one short filter: ``(kernel, pad_lo, pad_hi)``.
+
+    Output pixel ``scale*k + r`` reads input pixels ``k - pad_lo .. k + pad_hi`` with weights
+    ``kernel[r]`` (taps a phase does not use are 0). Read off :func:`bicubic_taps` in the middle
+    of a reference line, so it is the same arithmetic as the general path.
+    """
+    n = _POLYPHASE_REF
+    indices, weights = bicubic_taps(n, n * scale, float(scale), False)
+    k = n // 2
+    rows = range(scale * k, scale * (k + 1))
+    offsets = [indices[o] - k for o in rows]
+    lo = -min(int(off.min()) for off in offsets)
+    hi = max(int(off.max()) for off in offsets)
+    kernel = np.zeros((scale, lo + hi + 1))
+    for r, o in enumerate(rows):
+        np.add.at(kernel[r], offsets[r] + lo, weights[o])
+    kernel.setflags(write=False)
+    return kernel, lo, hi
+
+
+def _pad_symmetric(x: torch.Tensor, lo: int, hi: int, dim: int) -> torch.Tensor:
+    """MATLAB's 'symmetric' padding (the edge pixel repeated) of ``lo``/``hi`` pixels."""
+    n = x.shape[dim]
+    parts = [x.narrow(dim, 0, lo).flip(dim), x, x.narrow(dim, n - hi, hi).flip(dim)]
+    return torch.cat(parts, dim)
+
+
+def _upscale_polyphase(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """Integer bicubic upscaling as one conv (``scale^2`` phases) and a pixel shuffle.
+
+    ~10x faster on CPU than gathering shifted copies (the general path), which matters
+    because every routed ENAF patch pays for its bicubic skip. Agrees with the general
+    path to float rounding (tested).
+    """
+    kernel, lo, hi = _polyphase_kernel(scale)
+    k = torch.from_numpy(np.array(kernel)).to(device=x.device, dtype=x.dtype)
+    taps = k.shape[1]
+    weight = (k[:, None, :, None] * k[None, :, None, :]).reshape(scale * scale, 1, taps, taps)
+    h, w = x.shape[-2:]
+    flat = x.reshape(-1, 1, h, w)
+    flat = _pad_symmetric(_pad_symmetric(flat, lo, hi, 2), lo, hi, 3)
+    out = pixel_shuffle(torch.nn.functional.conv2d(flat, weight), scale)
+    return out.reshape(*x.shape[:-2], h * scale, w * scale)
+
+
 def _resolve_geometry(
     in_hw: tuple[int, int], scale: float | None, out_size: tuple[int, int] | None
 ) -> tuple[tuple[float, float], tuple[int, int]]:
@@ -164,6 +227,8 @@ def imresize(
         raise ValueError(f"cannot resize an empty image of shape {tuple(x.shape)}")
     scales, out_hw = _resolve_geometry(in_hw, scale, out_size)
 
+    if _polyphase_ok(in_hw, scales, out_hw):
+        return _upscale_polyphase(x, int(scales[0]))
     # MATLAB resizes the dimension with the smallest scale first (stable sort,
     # so rows first on ties): shrinking first keeps the intermediate small.
     order = sorted((0, 1), key=lambda d: scales[d])

@@ -2,8 +2,9 @@
 
 For every patch the estimator predicts the PSNR ``u_j`` of each path j (path 0 =
 bicubic), the blank vector ``b`` is [1,0,0,0] for patches with almost no edges,
-and each path has a cost ``c_j`` (its FLOPs over the full network's). The path
-taken is ``argmax_j u_j + gamma*b_j - eta*c_j`` (ENAF Eq. 9).
+and each path has a cost ``c_j`` (its executed FLOPs over the full network's, see
+``EnafSR.costs``). The path taken is ``argmax_j u_j + gamma*b_j - eta*c_j``
+(ENAF Eq. 9).
 
 ``--budget F`` (not in the paper) asks for an average cost of at most F times
 the full network, estimator included, for this image: the chosen cost can only
@@ -70,30 +71,36 @@ def fuse(u: torch.Tensor, blank: torch.Tensor, costs: torch.Tensor, *, eta: floa
 
 
 def mean_cost(u: torch.Tensor, blank: torch.Tensor, costs: torch.Tensor, *, eta: float,
-              gamma: float) -> float:
-    """Average normalised cost of the paths chosen at ``eta``."""
-    return float(costs.float()[fuse(u, blank, costs, eta=eta, gamma=gamma)].mean())
+              gamma: float, measure: torch.Tensor | None = None) -> float:
+    """Average cost of the paths chosen at ``eta``, by ``measure`` (default: ``costs``)."""
+    measure = costs if measure is None else measure
+    return float(measure.float()[fuse(u, blank, costs, eta=eta, gamma=gamma)].mean())
 
 
 def eta_for_budget(u: torch.Tensor, blank: torch.Tensor, costs: torch.Tensor, *,
                    gamma: float, budget: float, overhead: float = 0.0,
-                   iterations: int = 50) -> float:
+                   measure: torch.Tensor | None = None, iterations: int = 50) -> float:
     """Smallest eta whose mean cost + ``overhead`` (estimator, as a fraction) <= budget.
 
+    ``measure``: the per-path costs the budget is in (default ``costs``, those of the fusion);
+    both must rank the paths alike, so that the measured cost too only falls as eta rises.
     Raises ConfigError when even all-bicubic cannot meet the budget.
     """
+    measure = costs if measure is None else measure
+    if not bool((torch.diff(measure) >= 0).all() and (torch.diff(costs) >= 0).all()):
+        raise ValueError("path costs must rise with the path index in both measures")
     target = budget - overhead
-    if target < float(costs.min()):
+    if target < float(measure.min()):
         raise ConfigError(
             f"--budget {budget:.3f} is below the router's own cost ({overhead:.3f} of the network)"
         )
-    if mean_cost(u, blank, costs, eta=0.0, gamma=gamma) <= target:
+    if mean_cost(u, blank, costs, eta=0.0, gamma=gamma, measure=measure) <= target:
         return 0.0
     spread = float((u.max(dim=1).values - u.min(dim=1).values).max()) + gamma + 1.0
     lo, hi = 0.0, spread / max(float(costs[costs > 0].min()), 1e-9)
     for _ in range(iterations):
         mid = 0.5 * (lo + hi)
-        if mean_cost(u, blank, costs, eta=mid, gamma=gamma) <= target:
+        if mean_cost(u, blank, costs, eta=mid, gamma=gamma, measure=measure) <= target:
             hi = mid
         else:
             lo = mid

@@ -20,8 +20,8 @@ from sr_tile.models.enaf_fsrcnn import EnafFSRCNN, FSRCNNConfig
 from sr_tile.models.enaf_fsrcnn import build as build_fsrcnn
 from sr_tile.models.enaf_srresnet import SRResNetConfig
 from sr_tile.models.enaf_srresnet import build as build_srresnet
-from sr_tile.models.layers import (BLANK_THRESHOLD, MultiExitSR, PSNREstimator, blank_score,
-                                   is_blank)
+from sr_tile.models.layers import (BLANK_THRESHOLD, MultiExitSR, PSNREstimator,
+                                   SubPixelConvTranspose2d, blank_score, is_blank)
 
 PAPER_FLOPS = {  # per 32x32 LR patch at x4, classsr convention: exit 1, exit 2, full
     "fsrcnn": (146e6, 315e6, 468e6),
@@ -286,3 +286,57 @@ def test_blank_score_on_a_photo(astronaut: np.ndarray) -> None:
         lap = (gray[:-2, 1:-1] + gray[2:, 1:-1] + gray[1:-1, :-2] + gray[1:-1, 2:]
                - 4 * gray[1:-1, 1:-1])
         assert abs(float(blank_score(_patch(astronaut, y, x))) - np.abs(lap).mean()) < 0.05
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_subpixel_deconv_equals_conv_transpose_in_value_and_gradient(scale: int) -> None:
+    torch.manual_seed(scale)
+    fast = SubPixelConvTranspose2d(6, 3, 9, stride=scale, padding=4, output_padding=scale - 1)
+    ref = nn.ConvTranspose2d(6, 3, 9, stride=scale, padding=4, output_padding=scale - 1)
+    assert fast.state_dict().keys() == ref.state_dict().keys()  # shipped weights still load
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 6, 11, 7)
+    y, y_ref = fast(x), ref(x)
+    assert y.shape == y_ref.shape == (2, 3, 11 * scale, 7 * scale)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-5)
+    g, g_ref = (torch.autograd.grad(out.square().sum(), (m.weight, m.bias))
+                for out, m in ((y, fast), (y_ref, ref)))
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # FLOPs are counted as for the transposed conv it replaces (classsr: at output resolution)
+    assert count_flops(fast, (1, 6, 8, 8)) == count_flops(ref, (1, 6, 8, 8))
+
+
+def test_subpixel_deconv_rejects_shapes_it_cannot_compute() -> None:
+    with pytest.raises(ValueError, match="stride"):
+        SubPixelConvTranspose2d(4, 3, 9, stride=4, padding=3, output_padding=3)
+
+
+@pytest.mark.parametrize("shape, factor", [((2, 16, 5, 7), 4), ((1, 48, 3, 3), 4),
+                                           ((2, 12, 4, 6), 2), ((1, 27, 2, 5), 3)])
+def test_fast_pixel_shuffle_equals_torch(shape, factor) -> None:
+    from sr_tile.ops import PixelShuffle, pixel_shuffle
+
+    x = torch.randn(*shape, requires_grad=True)
+    y = pixel_shuffle(x, factor)
+    assert torch.equal(y, nn.functional.pixel_shuffle(x, factor))
+    assert torch.equal(PixelShuffle(factor)(x), y)
+    ramp = torch.arange(y.numel()).reshape(y.shape)  # a distinct weight per output pixel
+    (g,) = torch.autograd.grad((y * ramp).sum(), x)
+    (g_ref,) = torch.autograd.grad((nn.functional.pixel_shuffle(x, factor) * ramp).sum(), x)
+    assert torch.equal(g, g_ref)
+    with pytest.raises(ValueError, match="multiple"):
+        pixel_shuffle(torch.zeros(1, 5, 2, 2), 2)
+
+
+def test_estimator_predicts_bicubic_psnr_plus_gains() -> None:
+    torch.manual_seed(0)
+    est = PSNREstimator(init_psnr=33.0)
+    x = torch.rand(5, 3, 32, 32)
+    with torch.no_grad():
+        u = est(x)
+        torch.testing.assert_close(est.from_gains(est.to_gains(u)), u)
+        assert est.fc.bias.tolist() == [33.0, 0.0, 0.0, 0.0]  # untrained: no path gains
+        # fusion compares paths of one patch: bicubic's PSNR shifts every path alike
+        est.fc.bias[0] += 7.0
+        torch.testing.assert_close(est(x) - u, torch.full_like(u, 7.0))

@@ -255,3 +255,40 @@ def test_rejects_bad_input():
         imresize(torch.zeros(4, 4))
     with pytest.raises(ValueError):
         imresize_np(np.zeros((2, 2, 2, 2)), 2)
+
+
+def _gather_upscale(x: torch.Tensor, s: int) -> torch.Tensor:
+    """The general path (gathered shifted copies), applied directly."""
+    from sr_tile.imresize import _resize_dim
+
+    out = x
+    for dim in (-2, -1):
+        indices, weights = bicubic_taps(x.shape[dim], x.shape[dim] * s, float(s), False)
+        out = _resize_dim(out, dim, indices, weights)
+    return out
+
+
+@pytest.mark.parametrize("s", [2, 3, 4])
+@pytest.mark.parametrize("shape", [(2, 3, 32, 32), (1, 1, 5, 41), (3, 9, 4), (7, 6)])
+def test_integer_upscale_fast_path_equals_general_path(s, shape):
+    from sr_tile.imresize import _polyphase_ok
+
+    x = torch.from_numpy(_pattern(int(np.prod(shape[:-1])), shape[-1])).reshape(shape)
+    assert _polyphase_ok(tuple(x.shape[-2:]), (float(s), float(s)),
+                         (x.shape[-2] * s, x.shape[-1] * s))
+    fast = imresize(x, s, antialias=False)
+    assert fast.shape == (*shape[:-2], shape[-2] * s, shape[-1] * s)
+    torch.testing.assert_close(fast, _gather_upscale(x, s), rtol=0, atol=1e-12)
+    # float32 too (the models' skip): same values to float rounding
+    torch.testing.assert_close(imresize(x.float(), s), _gather_upscale(x, s).float(),
+                               rtol=0, atol=2e-6)
+
+
+def test_integer_upscale_of_tiny_images_falls_back_and_still_mirrors():
+    x = torch.from_numpy(_pattern(1, 2))  # narrower than the fast path's 2 px padding
+    from sr_tile.imresize import _polyphase_ok
+
+    assert not _polyphase_ok((1, 2), (4.0, 4.0), (4, 8))
+    out = imresize(x, 4)
+    assert out.shape == (4, 8)
+    torch.testing.assert_close(out[0], out[3])  # a single row mirrors onto itself

@@ -50,6 +50,29 @@ def test_budget_finds_smallest_eta_that_fits(budget):
     assert mean_cost(u, blank, COSTS, eta=eta * 0.98, gamma=1.0) + overhead > budget
 
 
+@pytest.mark.parametrize("budget", [0.35, 0.6])
+def test_budget_in_reported_flops_while_routing_on_executed_costs(budget):
+    executed = torch.tensor([0.0, 0.42, 0.84, 1.0])  # FSRCNN's torch-convention costs
+    g = torch.Generator().manual_seed(2)
+    u = 30 + torch.rand(400, 4, generator=g).cumsum(1)
+    blank = torch.zeros(400, dtype=torch.bool)
+    eta = eta_for_budget(u, blank, executed, gamma=0.0, budget=budget, measure=COSTS)
+    assert mean_cost(u, blank, executed, eta=eta, gamma=0.0, measure=COSTS) <= budget
+    assert mean_cost(u, blank, executed, eta=eta * 0.98, gamma=0.0, measure=COSTS) > budget
+    with pytest.raises(ValueError, match="rise"):  # measures that rank paths apart
+        eta_for_budget(u, blank, executed, gamma=0.0, budget=budget, measure=COSTS.flip(0))
+
+
+def test_routing_costs_are_executed_flops_and_rise_with_depth():
+    model = create_model("enaf-fsrcnn", scale=4, weights=False)
+    executed, classsr = model.costs(32, 32), model.costs(32, 32, "classsr")
+    assert executed[0] == classsr[0] == 0 and executed[-1] == classsr[-1] == 1
+    assert bool((torch.diff(executed) > 0).all() and (torch.diff(classsr) > 0).all())
+    # classsr counts the deconvs at HR: exit 2 looks a third cheaper than it runs
+    assert classsr[2] == pytest.approx(315.2 / 467.9, abs=0.01)
+    assert executed[2] > 0.8
+
+
 def test_budget_errors_and_easy_budgets():
     u = torch.full((10, 4), 30.0)
     blank = torch.zeros(10, dtype=torch.bool)
@@ -77,7 +100,7 @@ def varied_weights(tmp_path):
             for p in head.parameters():
                 p.normal_(0, 0.01)
         model.estimator.fc.weight.normal_(0, 0.3)
-        model.estimator.fc.bias.copy_(torch.tensor([30.0, 30.6, 31.0, 31.2]))
+        model.estimator.fc.bias.copy_(torch.tensor([30.0, 0.6, 1.0, 1.2]))  # p0, gains
     path = tmp_path / "w.safetensors"
     save_weights(model, path, name="enaf-fsrcnn", scale=4)
     return path

@@ -145,6 +145,7 @@ def test_overrides_and_cli_values(tmp_path: Path, monkeypatch) -> None:
     ("model=enaf-nope", "model"),
     ("device=tpu", "device"),
     ("seed=-1", "seed"),
+    ("full_head_init=ones", "full_head_init"),
 ])
 def test_config_rejects_bad_keys_and_values(override: str, key: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
@@ -463,6 +464,23 @@ def test_export_loads_with_create_model(uninterrupted) -> None:
         assert torch.equal(loaded.estimator(x), trained.estimator(x))
     saved = yaml.safe_load((Path(uninterrupted.run_dir) / "config.yaml").read_text())
     assert saved["phases"]["exits"]["steps"] == 6
+
+
+def test_small_full_head_init_and_init_provenance(folders, uninterrupted, tmp_path) -> None:
+    none = {"steps": 0}
+    cfg = dataclasses.replace(tiny_config(folders, tmp_path / "a", exits=none, estimator=none),
+                  full_head_init="small")
+    cfg = dataclasses.replace(cfg, phases=dataclasses.replace(cfg.phases, backbone=dataclasses.replace(cfg.phases.backbone, steps=1)))
+    heads = run_training(cfg).model.backbone.heads
+    assert heads[-1].output_layer.weight.abs().sum() > 0  # the full head learns from step 1
+    assert all(h.output_layer.weight.abs().sum() == 0 for h in heads[:-1])  # exits: bicubic
+    # a run that starts from other weights records how those were trained
+    cfg = dataclasses.replace(tiny_config(folders, tmp_path / "b", backbone=none, exits=none),
+                  init=str(uninterrupted.export_path))
+    meta = read_metadata(run_training(cfg, command="second").export_path)
+    assert meta["command"] == "second"
+    assert meta["init"]["command"] == "sr-tile train enaf (test)"
+    assert meta["init"]["iterations"] == {"backbone": 6, "exits": 6, "estimator": 6}
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import tifffile
@@ -98,3 +100,13 @@ def test_modes_survive_the_whole_pipeline(tmp_path, astronaut, mode, make):
     assert report.out_width == 60 and report.out_height == 48
     # bicubic keeps the mean colour of a photo
     assert abs(float(a.mean()) - float(b.mean())) < 0.02 * float(np.iinfo(a.dtype).max)
+
+
+def test_tune_allocator_applies_on_glibc_only():
+    import platform
+
+    from sr_tile import tune_allocator
+
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert tune_allocator() is glibc
+    assert tune_allocator(keep_mib=64) is glibc  # idempotent

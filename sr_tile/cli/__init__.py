@@ -14,6 +14,7 @@ from sr_tile.cli.data import data_app
 from sr_tile.cli.pending import export
 from sr_tile.cli.train import train
 from sr_tile.cli.upscale import upscale
+from sr_tile.runtime import tune_allocator
 
 app = typer.Typer(
     name="sr-tile",
@@ -46,6 +47,7 @@ def _root(
     ] = None,
 ) -> None:
     State.debug = debug
+    tune_allocator()
 
 
 def main() -> None:

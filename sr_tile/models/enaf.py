@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from sr_tile.flops import count_flops
+from sr_tile.flops import Convention, count_flops
 from sr_tile.models.layers import MultiExitSR, PSNREstimator, is_blank
 from sr_tile.routing import DEFAULT_PRESETS
 
@@ -36,13 +36,25 @@ class EnafSR(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
 
-    def estimate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, P) predicted PSNR per path and (N,) blank flags of LR patches in [0, 1]."""
-        return self.estimator(x), is_blank(x)
+    def estimate(self, x: torch.Tensor, *, blank: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, P) predicted PSNR per path and (N,) blank flags of LR patches in [0, 1].
 
-    def costs(self, height: int, width: int) -> torch.Tensor:
-        """(P,) each path's FLOPs over the full network's, for one patch size."""
-        flops = torch.tensor(self.backbone.path_flops(height, width), dtype=torch.float64)
+        ``blank=False`` skips the blank test (all False), for routing with gamma 0.
+        """
+        flags = is_blank(x) if blank else torch.zeros(x.shape[0], dtype=torch.bool,
+                                                        device=x.device)
+        return self.estimator(x), flags
+
+    def costs(self, height: int, width: int, convention: Convention = "torch") -> torch.Tensor:
+        """(P,) each path's FLOPs over the full network's, for one patch size.
+
+        Routing (Eq. 9's ``c``) uses the ``torch`` convention, the work that actually runs.
+        ``classsr`` counts FSRCNN's deconvs at output resolution, 16x what the (sub-pixel)
+        kernels do, which made exit 2 look 33% cheaper than the full network when it costs
+        the same time; reports and ``--budget`` keep ``classsr``, the papers' convention.
+        """
+        flops = torch.tensor(self.backbone.path_flops(height, width, convention),
+                             dtype=torch.float64)
         return flops / flops[-1]
 
     def estimator_flops(self, height: int, width: int) -> int:

@@ -18,14 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sr_tile.flops import count_flops
+from sr_tile.flops import Convention, count_flops
 from sr_tile.imresize import imresize
 from sr_tile.models.descriptor import ModelDescriptor, Routing
+from sr_tile.ops import PixelShuffle, pixel_shuffle
 
 __all__ = [
     "BLANK_THRESHOLD", "ConvAct", "DeconvHead", "MultiExitSR", "PSNREstimator", "ResidualBlock",
-    "UpsampleHead", "bicubic", "blank_score", "exits_descriptor", "is_blank", "make_act",
-    "upsample_factors", "zero_init_",
+    "SubPixelConvTranspose2d", "UpsampleHead", "bicubic", "blank_score", "exits_descriptor",
+    "is_blank", "make_act", "small_init_", "upsample_factors", "zero_init_",
 ]
 
 BLANK_THRESHOLD = 10.0  # ENAF's epsilon: a patch is blank when its score is <= this
@@ -51,6 +52,22 @@ def zero_init_(layer: nn.Module) -> nn.Module:
     """Zero a head's last layer so that an untrained path outputs exactly bicubic(x)."""
     for p in layer.parameters(recurse=False):
         nn.init.zeros_(p)
+    return layer
+
+
+def small_init_(layer: nn.Module, gain: float = 0.1) -> nn.Module:
+    """Kaiming-normal weights scaled by ``gain``, zero bias (BasicSR's MSRResNet head init).
+
+    An alternative to :func:`zero_init_` for a full head trained from scratch: with a zero
+    last layer the trunk gets no gradient until that layer grows, and under L1 (whose
+    optimum is the median residual, ~0) training can idle for thousands of steps at
+    bicubic quality (the FSRCNN run did, for ~8k steps).
+    """
+    nn.init.kaiming_normal_(layer.weight)
+    with torch.no_grad():
+        layer.weight.mul_(gain)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
     return layer
 
 
@@ -115,11 +132,15 @@ class UpsampleHead(nn.Module):
         cin = in_channels
         for width, r in zip(widths, factors):
             self.upconv.append(nn.Conv2d(cin, width * r * r, 3, padding=1, groups=groups))
-            self.shuffle.append(nn.PixelShuffle(r))
+            self.shuffle.append(PixelShuffle(r))
             cin = width
         self.act = make_act(act)
         self.conv_hr = nn.Conv2d(cin, cin, 3, padding=1) if hr_conv else None
         self.conv_last = zero_init_(nn.Conv2d(cin, out_channels, 3, padding=1))
+
+    @property
+    def output_layer(self) -> nn.Module:
+        return self.conv_last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for upconv, shuffle in zip(self.upconv, self.shuffle):
@@ -127,6 +148,56 @@ class UpsampleHead(nn.Module):
         if self.conv_hr is not None:
             x = self.act(self.conv_hr(x))
         return self.conv_last(x)
+
+
+class SubPixelConvTranspose2d(nn.ConvTranspose2d):
+    """A stride-``s`` transposed conv computed as one LR conv to ``s*s`` phases + pixel shuffle.
+
+    Same parameters, state dict and output as :class:`nn.ConvTranspose2d` (to float rounding;
+    tested), 2.5-3x faster on CPU for FSRCNN's 9x9 stride-4 deconv, whose native kernel is slow.
+    Output pixel ``s*q + r`` is ``sum_d W[s*d + r + p] * x[q - d]``, so phase ``r`` is a
+    small correlation over ``d``; the phase weights are gathered from ``weight`` on every call
+    (cheap, and differentiable, so training uses the same path). FLOPs hooks still see a
+    ``ConvTranspose2d`` with the same output: ``classsr`` counts it at output resolution as
+    before; ``torch`` counts the conv that actually runs. Needs ``K - 2p + output_padding = s``
+    (output exactly ``s`` x the input), groups 1 and dilation 1.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int,
+                 padding: int, output_padding: int) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                         output_padding=output_padding)
+        s, k, p = stride, kernel_size, padding
+        if k - 2 * p + output_padding != s:
+            raise ValueError("SubPixelConvTranspose2d needs kernel - 2*padding + output_padding "
+                             f"== stride, got {k}, {p}, {output_padding}, {s}")
+        d_lo, d_hi = -((p + s - 1) // s), (k - 1 - p) // s  # taps d with 0 <= s*d + r + p < k
+        taps = d_hi - d_lo + 1
+        index = torch.full((s, s, taps, taps), k * k, dtype=torch.long)  # k*k: a zero slot
+        for ry in range(s):
+            for rx in range(s):
+                for ty in range(taps):
+                    for tx in range(taps):
+                        # tap t reads x[q + t - d_hi], i.e. d = d_hi - t
+                        ky, kx = s * (d_hi - ty) + ry + p, s * (d_hi - tx) + rx + p
+                        if 0 <= ky < k and 0 <= kx < k:
+                            index[ry, rx, ty, tx] = ky * k + kx
+        self.register_buffer("phase_index", index.flatten(), persistent=False)
+        self.taps, self.pad = taps, (d_hi, -d_lo, d_hi, -d_lo)
+
+    def phase_weight(self) -> torch.Tensor:
+        """(out * s * s, in, taps, taps): the LR conv's weight, phases in pixel-shuffle order."""
+        cin, cout = self.weight.shape[:2]
+        s, t = self.stride[0], self.taps
+        flat = F.pad(self.weight.reshape(cin, cout, -1), (0, 1))  # append the zero slot
+        w = flat.index_select(2, self.phase_index).reshape(cin, cout, s * s, t, t)
+        return w.permute(1, 2, 0, 3, 4).reshape(cout * s * s, cin, t, t)
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        s = self.stride[0]
+        bias = None if self.bias is None else self.bias.repeat_interleave(s * s)
+        y = F.conv2d(F.pad(x, self.pad), self.phase_weight(), bias)
+        return pixel_shuffle(y, s)
 
 
 class DeconvHead(nn.Module):
@@ -138,9 +209,13 @@ class DeconvHead(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, mid_channels, kernel_size, padding=kernel_size // 2)
         self.act = make_act(act, mid_channels)
-        self.deconv = zero_init_(nn.ConvTranspose2d(
+        self.deconv = zero_init_(SubPixelConvTranspose2d(
             mid_channels, out_channels, deconv_size, stride=scale, padding=deconv_size // 2,
             output_padding=scale - 1))
+
+    @property
+    def output_layer(self) -> nn.Module:
+        return self.deconv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.deconv(self.act(self.conv(x)))
@@ -198,7 +273,7 @@ class MultiExitSR(nn.Module):
         self.attach: tuple[int, int, int] = attach  # type: ignore[assignment]
         self.scale = scale
         self.descriptor = descriptor
-        self._flops_cache: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+        self._flops_cache: dict[tuple[str, int, int], tuple[int, int, int, int]] = {}
 
     def depth(self, path: int) -> int:
         """How many trunk segments ``path`` runs (0 for bicubic)."""
@@ -237,7 +312,6 @@ class MultiExitSR(nn.Module):
         if paths.numel() and not bool(((paths >= 0) & (paths < self.num_paths)).all()):
             raise ValueError(f"paths must be in [0, {self.num_paths - 1}]")
         out = bicubic(x, self.scale)
-        skip = out
         depth = torch.tensor((0, *self.attach))[paths]
         idx = torch.nonzero(depth > 0).flatten()  # patches in the trunk batch, CPU
         feats = x.index_select(0, idx.to(x.device))
@@ -250,20 +324,22 @@ class MultiExitSR(nn.Module):
                 if self.attach[h] != k or not bool(sel.any()):
                     continue
                 rows = idx[sel].to(x.device)
-                y = head(feats[sel.to(x.device)]) + skip.index_select(0, rows)
-                out = out.index_copy(0, rows, y)
+                # in place: rows of different heads are disjoint, so no head reads a row
+                # that another has already written (skip and out are one tensor)
+                out.index_copy_(0, rows, head(feats[sel.to(x.device)]) + out.index_select(0, rows))
             keep = depth[idx] > k
             idx, feats = idx[keep], feats[keep.to(x.device)]
         return out
 
-    def path_flops(self, height: int, width: int) -> tuple[int, int, int, int]:
-        """classsr FLOPs of each path for one ``height x width`` LR patch (path 0 = 0), cached."""
-        key = (int(height), int(width))
+    def path_flops(self, height: int, width: int,
+                   convention: Convention = "classsr") -> tuple[int, int, int, int]:
+        """FLOPs of each path for one ``height x width`` LR patch (path 0 = 0), cached."""
+        key = (convention, int(height), int(width))
         if key not in self._flops_cache:
             costs = [0]
             for head, depth in zip(self.heads, self.attach):
                 net = _PathNet(list(self.segments[:depth]), head)
-                costs.append(count_flops(net, (1, 3, *key), "classsr"))
+                costs.append(count_flops(net, (1, 3, *key[1:]), convention))
             self._flops_cache[key] = tuple(costs)  # type: ignore[assignment]
         return self._flops_cache[key]
 
@@ -273,7 +349,13 @@ class PSNREstimator(nn.Module):
 
     conv 3->128 k4 s4, LeakyReLU(0.1), 3 x [1x1 128->128 + LeakyReLU(0.1)], 1x1 128->32,
     global average pool, Linear 32->num_paths. Per 32x32 patch (classsr): 786,432 + 3 x
-    2,097,152 + 524,288 + 2*32*4 = 7,602,432 FLOPs. ``fc.bias`` starts at ``init_psnr``.
+    2,097,152 + 524,288 + 2*32*4 = 7,602,432 FLOPs.
+
+    The linear layer's outputs are bicubic's PSNR ``p0`` and each path's GAIN over it, and
+    ``forward`` returns ``[p0, p0 + g1, p0 + g2, ...]``. Fusion (Eq. 9) only compares paths
+    of one patch, so it depends on the gains alone; a patch's absolute PSNR (20-60 dB, hard
+    to predict) no longer drowns the 0-3 dB differences that decide its path. Training puts
+    an L1 loss on ``p0`` and on the gains. ``fc.bias`` starts at ``[init_psnr, 0, ...]``.
     """
 
     def __init__(self, *, num_paths: int = 4, in_channels: int = 3, width: int = 128,
@@ -284,11 +366,22 @@ class PSNREstimator(nn.Module):
         self.body = nn.Sequential(*(ConvAct(width, width, 1, act="lrelu") for _ in range(3)))
         self.conv_last = nn.Conv2d(width, feat, 1)
         self.fc = nn.Linear(feat, num_paths)
-        nn.init.constant_(self.fc.bias, init_psnr)
+        nn.init.zeros_(self.fc.bias)
+        nn.init.constant_(self.fc.bias[:1], init_psnr)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv_last(self.body(self.act(self.conv_first(x))))
-        return self.fc(y.mean(dim=(2, 3)))
+        return self.from_gains(self.fc(y.mean(dim=(2, 3))))
+
+    @staticmethod
+    def from_gains(y: torch.Tensor) -> torch.Tensor:
+        """(N, P) ``[p0, g1, ...]`` -> PSNR per path ``[p0, p0 + g1, ...]``."""
+        return torch.cat([y[:, :1], y[:, :1] + y[:, 1:]], dim=1)
+
+    @staticmethod
+    def to_gains(u: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`from_gains`: PSNR per path -> ``[p0, g1, ...]``."""
+        return torch.cat([u[:, :1], u[:, 1:] - u[:, :1]], dim=1)
 
 
 _LAPLACIAN = ((0.0, 1.0, 0.0), (1.0, -4.0, 1.0), (0.0, 1.0, 0.0))

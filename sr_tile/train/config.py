@@ -146,7 +146,9 @@ class TrainConfig:
     keep busy, where idle OpenMP workers spin). ``export``: where the final
     weights go; None = ``<run_dir>/<model>-x<scale>.safetensors``. ``init``: a weights file
     (``save_weights`` format) to start from instead of an untrained model, e.g. to run only
-    phase ``estimator`` on trained backbone weights.
+    phase ``estimator`` on trained backbone weights. ``full_head_init``: how a run from
+    scratch initialises the full head's output layer: ``zero`` (the path starts as exactly
+    bicubic) or ``small`` (Kaiming x 0.1, BasicSR's; the trunk learns from step 1).
     """
 
     model: str
@@ -159,8 +161,11 @@ class TrainConfig:
     threads: int | None = None
     export: str | None = None
     init: str | None = None
+    full_head_init: str = "zero"
 
     def __post_init__(self) -> None:
+        if self.full_head_init not in ("zero", "small"):
+            raise _Invalid("full_head_init", f"must be zero or small, got {self.full_head_init!r}")
         if self.scale < 2:
             raise _Invalid("scale", f"must be >= 2, got {self.scale}")
         if self.seed < 0:

@@ -8,8 +8,9 @@
   loss as in the paper's Eq. 6 so that it keeps its quality.
 * ``estimator``: backbone frozen; the estimator regresses, with L1, the PSNR-Y that every path
   (path 0 = bicubic) reaches on each patch (outputs clamped to [0, 1], ``scale`` px border,
-  capped at :data:`PSNR_CAP` dB for flat patches). Its output bias starts at the mean target
-  of a few batches, so it does not spend thousands of steps walking from 30 dB to ~40 dB.
+  capped at :data:`PSNR_CAP` dB for flat patches), as bicubic's PSNR plus each path's gain
+  over it (see :class:`~sr_tile.models.layers.PSNREstimator`). Its output bias starts at the
+  mean target of a few batches, so it does not spend thousands of steps walking to ~40 dB.
 
 Adam (0.9, 0.999) with cosine decay from each group's learning rate to ``lr_min``; batches
 come from :func:`~sr_tile.train.data.step_generator` (seed, phase, step), so a run resumed from
@@ -167,6 +168,10 @@ def evaluate(model: EnafSR, val: ValSet, *, device: torch.device,
         result["estimator_mae"] = {PATH_NAMES[p]: round(float(err[:, p].mean()), 4)
                                    for p in paths}
         result["estimator_mae_mean"] = round(float(err.mean()), 4)
+        # What routing depends on: the error of the predicted gains over bicubic.
+        to_gains = model.estimator.to_gains
+        gain_err = (to_gains(preds) - to_gains(estimator.targets))[:, 1:].abs()
+        result["estimator_gain_mae"] = round(float(gain_err.mean()), 4)
         # How often the estimator ranks the best path first (ties to the cheaper path).
         result["estimator_top1"] = round(float(
             (preds.argmax(1) == estimator.targets.argmax(1)).float().mean()), 4)
@@ -180,6 +185,7 @@ def format_val(result: dict[str, Any]) -> str:
     if "estimator_mae" in result:
         text += (f"; estimator MAE {result['estimator_mae_mean']:.2f} dB "
                  f"(" + ", ".join(f"{v:.2f}" for v in result["estimator_mae"].values()) + ")"
+                 f", gain MAE {result['estimator_gain_mae']:.2f} dB"
                  f", top-1 {100 * result['estimator_top1']:.0f}%")
     return text
 
@@ -334,8 +340,8 @@ def _phase_loss(model: EnafSR, phase: str, lr: torch.Tensor, hr: torch.Tensor,
         paths = (1, 2, full) if trunk_trains else (1, 2)
         outs = path_outputs(bb, lr, paths)
         return torch.stack([F.l1_loss(outs[p], hr) for p in paths]).sum()
-    targets = path_psnr_targets(bb, lr, hr)
-    return F.l1_loss(model.estimator(lr), targets)
+    to_gains = model.estimator.to_gains  # L1 on bicubic's PSNR and on every gain over it
+    return F.l1_loss(to_gains(model.estimator(lr)), to_gains(path_psnr_targets(bb, lr, hr)))
 
 
 @torch.no_grad()
@@ -346,7 +352,7 @@ def _init_estimator(model: EnafSR, sampler: PatchSampler, batch_size: int, seed:
     for i in range(_ESTIMATOR_INIT_BATCHES):
         lr, hr = sampler.batch(batch_size, step_generator(seed, phase, -1 - i), device)
         targets.append(path_psnr_targets(model.backbone, lr, hr))
-    model.estimator.fc.bias.copy_(torch.cat(targets).mean(0))
+    model.estimator.fc.bias.copy_(model.estimator.to_gains(torch.cat(targets)).mean(0))
 
 
 def train_phase(model: EnafSR, phase: str, config: PhaseConfig, *, sampler: PatchSampler,

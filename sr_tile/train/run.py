@@ -19,8 +19,9 @@ import yaml
 from rich.console import Console
 
 from sr_tile.errors import ConfigError
-from sr_tile.models.checkpoint import save_weights
+from sr_tile.models.checkpoint import read_metadata, save_weights
 from sr_tile.models.enaf import EnafSR
+from sr_tile.models.layers import small_init_
 from sr_tile.models.registry import create_model
 from sr_tile.train.config import (PHASES, TrainConfig, config_to_dict, dump_config,
                                   resume_conflicts)
@@ -147,6 +148,10 @@ def export_weights(model: EnafSR, cfg: TrainConfig, path: Path, *, history: dict
         "command": command,
         "data": data_info,
     }
+    if cfg.init is not None:  # the phases this run did not redo: how they were trained
+        prior = read_metadata(cfg.init)
+        extra["init"] = {k: prior[k] for k in ("command", "iterations", "batch_size",
+                                               "train_seconds", "hardware", "init") if k in prior}
     if val is not None:
         extra["val_psnr_y"] = val["psnr_y"]
         extra["val"] = val
@@ -220,6 +225,8 @@ def _run(cfg: TrainConfig, run: RunDir, device: torch.device, ckpt: Checkpoint |
     model = create_model(cfg.model, scale=cfg.scale, weights=cfg.init or False)
     if not isinstance(model, EnafSR):  # pragma: no cover - config validation prevents it
         raise ConfigError(f"{cfg.model} is not an ENAF model")
+    if cfg.init is None and ckpt is None and cfg.full_head_init == "small":
+        small_init_(model.backbone.heads[-1].output_layer)
     if ckpt is not None:
         try:
             model.load_state_dict(ckpt.model)
