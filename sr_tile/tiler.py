@@ -185,12 +185,10 @@ def tile_batches(
     """
     py, px = config.plans(image.shape[0], image.shape[1])
     for i, y0 in enumerate(py.starts):
+        band = _to_float(image[y0 : y0 + py.tile])  # one conversion per tile row
         for b0 in range(0, px.count, config.batch_size):
             cols = range(b0, min(b0 + config.batch_size, px.count))
-            tiles = [
-                _to_float(image[y0 : y0 + py.tile, px.starts[j] : px.starts[j] + px.tile])
-                for j in cols
-            ]
+            tiles = [band[:, :, px.starts[j] : px.starts[j] + px.tile] for j in cols]
             batch = _pad_to_multiple(torch.stack(tiles), config.size_multiple)
             yield i, cols, batch
 

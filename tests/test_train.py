@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import typer
 import yaml
 from PIL import Image
@@ -328,6 +329,27 @@ def test_each_phase_lowers_its_loss_and_freezes_the_rest(folders, pairs, tmp_pat
     train("estimator")
     assert _loss(model, "estimator", batch) < 0.85 * before
     assert all(torch.equal(v, _params(bb)[k]) for k, v in backbone_before.items())
+
+
+def test_l2_warmup_uses_mse_for_its_first_steps_then_l1(folders, pairs, tmp_path) -> None:
+    torch.manual_seed(0)
+    model = create_model("enaf-fsrcnn", scale=SCALE, weights=False)
+    _perturb_heads(model)
+    lr, hr = _fixed_batch(pairs)
+    with torch.no_grad():
+        sr = model.backbone.forward_path(lr, 3)
+        assert float(loop._phase_loss(model, "backbone", lr, hr, False, l2=True)) == \
+            pytest.approx(float(F.mse_loss(sr, hr)), rel=1e-5)
+        assert float(loop._phase_loss(model, "backbone", lr, hr, False)) == \
+            pytest.approx(float(F.l1_loss(sr, hr)), rel=1e-5)
+    cfg = tiny_config(folders, tmp_path / "run", backbone={"steps": 4, "l2_warmup": 2})
+    result = loop.train_phase(model, "backbone", cfg.phases.backbone,
+                              sampler=PatchSampler(pairs, scale=SCALE, lr_patch=16),
+                              run=RunDir(tmp_path / "run"), seed=0, device=torch.device("cpu"))
+    # MSE of [0, 1] residuals is far below their L1: the switch shows in the losses
+    assert max(result.losses[:2]) < 0.5 * min(result.losses[2:])
+    with pytest.raises(ConfigError, match="l2_warmup"):
+        tiny_config(folders, tmp_path / "x", backbone={"l2_warmup": -1})
 
 
 def test_exits_phase_with_frozen_lr_trains_the_trunk_slowly(folders, pairs, tmp_path) -> None:

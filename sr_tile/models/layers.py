@@ -314,7 +314,7 @@ class MultiExitSR(nn.Module):
         out = bicubic(x, self.scale)
         depth = torch.tensor((0, *self.attach))[paths]
         idx = torch.nonzero(depth > 0).flatten()  # patches in the trunk batch, CPU
-        feats = x.index_select(0, idx.to(x.device))
+        feats = x if idx.numel() == x.shape[0] else x.index_select(0, idx.to(x.device))
         for k, segment in enumerate(self.segments, start=1):
             if idx.numel() == 0:
                 break
@@ -323,12 +323,13 @@ class MultiExitSR(nn.Module):
                 sel = paths[idx] == h + 1
                 if self.attach[h] != k or not bool(sel.any()):
                     continue
-                rows = idx[sel].to(x.device)
-                # in place: rows of different heads are disjoint, so no head reads a row
-                # that another has already written (skip and out are one tensor)
-                out.index_copy_(0, rows, head(feats[sel.to(x.device)]) + out.index_select(0, rows))
+                every = bool(sel.all())  # no gather when the whole group takes this head
+                y = head(feats if every else feats[sel.to(x.device)])
+                # out holds the skip: add the head's residual in place, one pass over its rows
+                out.index_add_(0, (idx if every else idx[sel]).to(x.device), y)
             keep = depth[idx] > k
-            idx, feats = idx[keep], feats[keep.to(x.device)]
+            if not bool(keep.all()):
+                idx, feats = idx[keep], feats[keep.to(x.device)]
         return out
 
     def path_flops(self, height: int, width: int,

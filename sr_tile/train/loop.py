@@ -331,15 +331,16 @@ def _set_trainable(model: EnafSR, phase: str, config: PhaseConfig) -> list[dict[
 
 
 def _phase_loss(model: EnafSR, phase: str, lr: torch.Tensor, hr: torch.Tensor,
-                trunk_trains: bool) -> torch.Tensor:
+                trunk_trains: bool, l2: bool = False) -> torch.Tensor:
     bb = model.backbone
     full = bb.num_paths - 1
+    pixel_loss = F.mse_loss if l2 else F.l1_loss
     if phase == "backbone":
-        return F.l1_loss(path_outputs(bb, lr, (full,))[full], hr)
+        return pixel_loss(path_outputs(bb, lr, (full,))[full], hr)
     if phase == "exits":
         paths = (1, 2, full) if trunk_trains else (1, 2)
         outs = path_outputs(bb, lr, paths)
-        return torch.stack([F.l1_loss(outs[p], hr) for p in paths]).sum()
+        return torch.stack([pixel_loss(outs[p], hr) for p in paths]).sum()
     to_gains = model.estimator.to_gains  # L1 on bicubic's PSNR and on every gain over it
     return F.l1_loss(to_gains(model.estimator(lr)), to_gains(path_psnr_targets(bb, lr, hr)))
 
@@ -423,7 +424,8 @@ def train_phase(model: EnafSR, phase: str, config: PhaseConfig, *, sampler: Patc
                 group["lr"] = cosine_lr(step, total, group["base_lr"], config.lr_min)
             lr_batch, hr_batch = sampler.batch(
                 config.batch_size, step_generator(seed, phase_index, step), device)
-            loss = _phase_loss(model, phase, lr_batch, hr_batch, trunk_trains)
+            loss = _phase_loss(model, phase, lr_batch, hr_batch, trunk_trains,
+                               l2=step < config.l2_warmup)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip is not None:
