@@ -490,15 +490,14 @@ def test_export_loads_with_create_model(uninterrupted) -> None:
 
 def test_small_full_head_init_and_init_provenance(folders, uninterrupted, tmp_path) -> None:
     none = {"steps": 0}
-    cfg = dataclasses.replace(tiny_config(folders, tmp_path / "a", exits=none, estimator=none),
-                  full_head_init="small")
-    cfg = dataclasses.replace(cfg, phases=dataclasses.replace(cfg.phases, backbone=dataclasses.replace(cfg.phases.backbone, steps=1)))
+    cfg = dataclasses.replace(tiny_config(folders, tmp_path / "a", backbone={"steps": 1},
+                                          exits=none, estimator=none), full_head_init="small")
     heads = run_training(cfg).model.backbone.heads
     assert heads[-1].output_layer.weight.abs().sum() > 0  # the full head learns from step 1
     assert all(h.output_layer.weight.abs().sum() == 0 for h in heads[:-1])  # exits: bicubic
     # a run that starts from other weights records how those were trained
     cfg = dataclasses.replace(tiny_config(folders, tmp_path / "b", backbone=none, exits=none),
-                  init=str(uninterrupted.export_path))
+                              init=str(uninterrupted.export_path))
     meta = read_metadata(run_training(cfg, command="second").export_path)
     assert meta["command"] == "second"
     assert meta["init"]["command"] == "sr-tile train enaf (test)"

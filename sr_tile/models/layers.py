@@ -59,9 +59,8 @@ def small_init_(layer: nn.Module, gain: float = 0.1) -> nn.Module:
     """Kaiming-normal weights scaled by ``gain``, zero bias (BasicSR's MSRResNet head init).
 
     An alternative to :func:`zero_init_` for a full head trained from scratch: with a zero
-    last layer the trunk gets no gradient until that layer grows, and under L1 (whose
-    optimum is the median residual, ~0) training can idle for thousands of steps at
-    bicubic quality (the FSRCNN run did, for ~8k steps).
+    last layer the trunk gets no gradient until that layer grows. (It did not by itself stop
+    an L1 run from idling at bicubic quality; ``l2_warmup`` did, see ``PhaseConfig``.)
     """
     nn.init.kaiming_normal_(layer.weight)
     with torch.no_grad():
