@@ -15,9 +15,11 @@ output up to float rounding, whatever the tile size.
 Weights are separable and the tiles form a full product grid, so the summed
 weight map is the outer product of two 1-D sums: it is never stored in 2-D.
 
-Streaming. Tiles are processed one tile row at a time (batched across columns).
-After a row, every output row above the next tile row's start is final and is
-yielded as a band; only ``tile * scale`` output rows are ever held in float.
+Streaming. Tiles are processed in row-major batches, which run on from one tile
+row into the next (small tiles on a narrow image would otherwise make small
+batches). Before a batch, every output row above its first tile row's start is
+final and is yielded as a band; only the output rows of the tile rows one batch
+touches are ever held in float.
 """
 
 from __future__ import annotations
@@ -177,20 +179,24 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
 
 def tile_batches(
     image: np.ndarray, config: TileConfig
-) -> Iterator[tuple[int, range, torch.Tensor]]:
-    """Batches of tiles in row-major order: (tile row, tile columns, float batch).
+) -> Iterator[tuple[list[tuple[int, int]], torch.Tensor]]:
+    """Batches of ``batch_size`` tiles in row-major order, running on across tile rows:
+    ((tile row, tile column) of each tile, float batch).
 
     Every consumer (the tiler, a router's pre-pass, an exit map) walks tiles in
     this one order.
     """
     py, px = config.plans(image.shape[0], image.shape[1])
+    where: list[tuple[int, int]] = []
+    tiles: list[torch.Tensor] = []
     for i, y0 in enumerate(py.starts):
         band = _to_float(image[y0 : y0 + py.tile])  # one conversion per tile row
-        for b0 in range(0, px.count, config.batch_size):
-            cols = range(b0, min(b0 + config.batch_size, px.count))
-            tiles = [band[:, :, px.starts[j] : px.starts[j] + px.tile] for j in cols]
-            batch = _pad_to_multiple(torch.stack(tiles), config.size_multiple)
-            yield i, cols, batch
+        for j, x0 in enumerate(px.starts):
+            where.append((i, j))
+            tiles.append(band[:, :, x0 : x0 + px.tile])
+            if len(tiles) == config.batch_size or (i, j) == (py.count - 1, px.count - 1):
+                yield where, _pad_to_multiple(torch.stack(tiles), config.size_multiple)
+                where, tiles = [], []
 
 
 def tiled_upscale(
@@ -217,8 +223,8 @@ def tiled_upscale(
     norm_x = torch.from_numpy(1.0 / weight_sum(px, s)).float()
     norm_y = torch.from_numpy(1.0 / weight_sum(py, s)).float()
     rows, cols_out = py.tile * s, px.tile * s
-    acc = torch.zeros(channels, rows, width * s)
-    acc_top = 0  # output row of acc[:, 0]: the current tile row's first row
+    acc = torch.zeros(channels, rows, width * s)  # grows to the rows one batch touches
+    acc_top = 0  # output row of acc[:, 0]: the first row of the oldest unfinished tile row
 
     def flush(upto: int) -> Iterator[np.ndarray]:
         """Normalise and emit the final rows [acc_top, upto) in small chunks."""
@@ -228,18 +234,22 @@ def tiled_upscale(
             r1 = min(r + BAND_ROWS, done)
             band = acc[:, r:r1] * norm_y[acc_top + r : acc_top + r1, None] * norm_x
             yield _from_float(band, dtype)
-        keep = rows - done
+        keep = acc.shape[1] - done
         acc[:, :keep] = acc[:, done:].clone()
         acc[:, keep:] = 0
         acc_top = upto
 
-    for i, cols, batch in tile_batches(image, config):
-        if py.starts[i] * s != acc_top:  # a new tile row: rows above it are final
-            yield from flush(py.starts[i] * s)
+    for where, batch in tile_batches(image, config):
+        first, last = where[0][0], where[-1][0]
+        if py.starts[first] * s != acc_top:  # rows above this tile row are final
+            yield from flush(py.starts[first] * s)
+        need = py.starts[last] * s + rows - acc_top
+        if need > acc.shape[1]:
+            acc = torch.cat([acc, acc.new_zeros(channels, need - acc.shape[1], width * s)], 1)
         out = fn(batch)[..., :rows, :cols_out].float().cpu()
-        for k, j in enumerate(cols):
-            x0 = px.starts[j] * s
-            acc[:, :, x0 : x0 + cols_out] += out[k] * wy[i] * wx[j]
+        for k, (i, j) in enumerate(where):
+            y0, x0 = py.starts[i] * s - acc_top, px.starts[j] * s
+            acc[:, y0 : y0 + rows, x0 : x0 + cols_out] += out[k] * wy[i] * wx[j]
         if on_tiles is not None:
-            on_tiles(len(cols))
+            on_tiles(len(where))
     yield from flush(height * s)

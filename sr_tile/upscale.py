@@ -184,9 +184,9 @@ class ExitRunner(TileRunner):
         self._planned: deque[tuple[torch.Tensor, torch.Tensor]] = deque()
 
     def prepare(self, image: np.ndarray, tiling: TileConfig) -> None:
-        """Estimate every tile first (in batches of >= ESTIMATOR_BATCH tiles, across tile
-        rows: the estimator is small and runs ~2x faster per tile that way); with a budget,
-        then pick this image's eta."""
+        """Estimate every tile first (in batches of >= ESTIMATOR_BATCH tiles: the estimator
+        is small and runs ~2x faster per tile that way); with a budget, then pick this
+        image's eta."""
         if self.routing.path is not None:
             return
         start = time.perf_counter()
@@ -202,7 +202,7 @@ class ExitRunner(TileRunner):
                 pending.clear()
 
         with torch.inference_mode():
-            for _, _, batch in tile_batches(color, tiling):
+            for _, batch in tile_batches(color, tiling):
                 pending.append(batch)
                 if sum(b.shape[0] for b in pending) >= ESTIMATOR_BATCH:
                     flush()

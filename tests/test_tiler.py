@@ -66,6 +66,22 @@ def test_output_does_not_depend_on_tile_size(photo):
     assert np.abs(a - b).max() < 1e-4
 
 
+@pytest.mark.parametrize("batch", [1, 5, 13, 40, 1000])
+def test_batches_running_across_tile_rows_change_nothing(photo, batch):
+    """24/8 tiles on 203 px give 13 tiles per row: batches of 5 and 40 straddle rows, 13 fit
+    one row each, 1000 is the whole image in one batch."""
+    net = random_sr_net(seed=2)
+    ref = whole(net, photo)
+    done = []
+    config = TileConfig.resolve(tile=24, overlap=8, margin=3, default_tile=64,
+                                default_overlap=8, batch_size=batch)
+    with torch.no_grad():
+        bands = list(tiled_upscale(photo, net, scale=SCALE, config=config, on_tiles=done.append))
+    assert sum(done) == config.count(*photo.shape[:2]) and max(done) <= batch
+    assert sum(b.shape[0] for b in bands) == 300  # every output row exactly once, in order
+    assert np.abs(np.concatenate(bands, axis=0) - ref).max() < 1e-4
+
+
 def test_margin_too_small_for_receptive_field_is_not_exact(photo):
     """The test above could not pass by accident: with no margin, seams appear."""
     net = random_sr_net()
