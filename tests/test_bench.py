@@ -289,6 +289,26 @@ def test_bench_json_shape_rows_and_csv(tmp_path, hr_folder, fsrcnn_weights):
     assert float(mean_routed["flops_pct"]) == pytest.approx(routed["mean"]["flops_pct"])
 
 
+def test_bench_repeats_go_round_the_rows(tmp_path, hr_folder, fsrcnn_weights, monkeypatch):
+    """Side by side means interleaved: a slow spell of the machine must hit every row."""
+    import sr_tile.bench.run as bench_run
+
+    calls: list[int] = []
+    real = bench_run._upscale
+
+    def spy(up, lr):
+        calls.append(id(up))
+        return real(up, lr)
+
+    monkeypatch.setattr(bench_run, "_upscale", spy)
+    result = run("bench", hr_folder, "-m", "enaf-fsrcnn", "--weights",
+                 f"enaf-fsrcnn={fsrcnn_weights}", "--repeat", "3", "--no-warmup", "--limit", "1",
+                 "--threads", "1", "--cache-dir", tmp_path / "cache")
+    assert result.exit_code == 0, result.output
+    rows = calls[:3]  # bicubic, static, routed: one upscaler each
+    assert len(set(rows)) == 3 and calls == rows * 3
+
+
 def test_bench_unreadable_image_is_reported_and_the_rest_go_on(tmp_path, hr_folder):
     (hr_folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
     report = tmp_path / "r.json"

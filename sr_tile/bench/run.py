@@ -114,6 +114,7 @@ class ImageResult:
     latency_s: float | None = None  # median of the timed runs, model compute only
     latency_runs: list[float] = field(default_factory=list)
     wall_s: float | None = None  # median wall time of upscale_array (compute + tiling/blending)
+    wall_runs: list[float] = field(default_factory=list)
     io_s: float | None = None  # decode + LR making, once per image
     tiles: int | None = None
     eta: float | None = None
@@ -280,37 +281,57 @@ def _warm_up(up: Upscaler, lr: np.ndarray) -> None:
     _upscale(up, np.ascontiguousarray(crop))
 
 
-def _measure(up: Upscaler, spec: RowSpec, name: str, pair: Pair, scale: int) -> ImageResult:
-    runs: list[float] = []
-    walls: list[float] = []
-    sr: np.ndarray | None = None
+def _time_run(up: Upscaler, lr: np.ndarray, result: ImageResult) -> np.ndarray:
+    """One timed run; appends model and wall time to ``result``."""
+    start = time.perf_counter()
+    out = _upscale(up, lr)
+    result.wall_runs.append(time.perf_counter() - start)
+    result.latency_runs.append(up.runner.seconds)
+    return out
+
+
+def _first_run(up: Upscaler, spec: RowSpec, name: str, pair: Pair) -> tuple[ImageResult,
+                                                                           np.ndarray]:
+    """The first timed run of a row on an image, with its FLOPs and exits; the output."""
     result = ImageResult(name, width=pair.hr.shape[1], height=pair.hr.shape[0],
                          lr_source=pair.lr_source, io_s=pair.io_s,
                          tiles=up.tile_count(pair.lr.shape[1], pair.lr.shape[0]))
-    for _ in range(spec.repeat):
-        start = time.perf_counter()
-        out = _upscale(up, pair.lr)
-        walls.append(time.perf_counter() - start)
-        runner = up.runner
-        runs.append(runner.seconds)
-        if sr is None:
-            sr = out
-            result.flops = int(runner.flops)
-            result.flops_static = int(runner.flops_static)
-            result.exits = runner.exit_shares()
-            eta = runner.eta
-            result.eta = float(eta) if eta is not None and spec.route else None
-            sparsity = getattr(runner, "token_sparsity", None)
-            result.token_sparsity = float(sparsity()) if callable(sparsity) else None
-    assert sr is not None
+    sr = _time_run(up, pair.lr, result)
     if sr.shape != pair.hr.shape:
         raise SrTileError(f"{name}: output is {sr.shape}, HR is {pair.hr.shape}")
-    result.latency_s = statistics.median(runs)
-    result.latency_runs = runs
-    result.wall_s = statistics.median(walls)
-    result.psnr_y = psnr_y(sr, pair.hr, scale)
-    result.ssim_y = ssim_y(sr, pair.hr, scale)
-    return result
+    runner = up.runner
+    result.flops = int(runner.flops)
+    result.flops_static = int(runner.flops_static)
+    result.exits = runner.exit_shares()
+    eta = runner.eta
+    result.eta = float(eta) if eta is not None and spec.route else None
+    sparsity = getattr(runner, "token_sparsity", None)
+    result.token_sparsity = float(sparsity()) if callable(sparsity) else None
+    return result, sr
+
+
+def _measure_image(upscalers: list[Upscaler], rows: list[RowResult], name: str, pair: Pair,
+                   scale: int, on_row: Callable[[RowResult], None],
+                   on_error: Callable[[RowResult, SrTileError], None]) -> None:
+    """Every row on one image. Repeats go round the rows (row 1, row 2, ..., row 1, ...), so
+    a slow spell of the machine hits every row alike and the rows' ratios stay fair."""
+    done: list[tuple[int, ImageResult, np.ndarray]] = []
+    for k, (row, up) in enumerate(zip(rows, upscalers)):
+        on_row(row)
+        try:
+            done.append((k, *_first_run(up, row.spec, name, pair)))
+        except SrTileError as exc:
+            on_error(row, exc)
+    for rep in range(1, max((row.spec.repeat for row in rows), default=1)):
+        for k, result, _ in done:
+            if rep < rows[k].spec.repeat:
+                _time_run(upscalers[k], pair.lr, result)
+    for k, result, sr in done:
+        result.latency_s = statistics.median(result.latency_runs)
+        result.wall_s = statistics.median(result.wall_runs)
+        result.psnr_y = psnr_y(sr, pair.hr, scale)
+        result.ssim_y = ssim_y(sr, pair.hr, scale)
+        rows[k].images.append(result)
 
 
 ProgressFn = Callable[[str, int, int, str], None]  # (image name, index, total, row label)
@@ -375,15 +396,16 @@ def _run(
             for up in upscalers:
                 _warm_up(up, pair.lr)
             warmed = True
-        for row, up in zip(rows, upscalers):
+        def step(row: RowResult, name: str = sample.name, index: int = index) -> None:
             if on_step is not None:
-                on_step(sample.name, index, len(samples), row.spec.label)
-            try:
-                row.images.append(_measure(up, row.spec, sample.name, pair, options.scale))
-            except SrTileError as exc:
-                if on_image_error is not None:
-                    on_image_error(f"{sample.name} ({row.spec.label}): {exc}")
-                row.images.append(ImageResult(sample.name, status="failed", error=str(exc)))
+                on_step(name, index, len(samples), row.spec.label)
+
+        def failed(row: RowResult, exc: SrTileError, name: str = sample.name) -> None:
+            if on_image_error is not None:
+                on_image_error(f"{name} ({row.spec.label}): {exc}")
+            row.images.append(ImageResult(name, status="failed", error=str(exc)))
+
+        _measure_image(upscalers, rows, sample.name, pair, options.scale, step, failed)
         del pair
     if rows and not rows[0].ok_images:
         raise ConfigError(f"{dataset.root}: none of the {len(samples)} images could be read")
