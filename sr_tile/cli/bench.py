@@ -74,7 +74,8 @@ def bench(
         help="Extra routed rows over eta, e.g. 0,0.5,1,2 or 'default' "
              f"({','.join(f'{e:g}' for e in DEFAULT_SWEEP)}); --plot implies the default.")] = None,
     repeat: Annotated[int, typer.Option(
-        help="Timed runs per image; latency is their median (sweep rows run once).")] = 3,
+        help="Timed runs per image, taken round the rows in turn; latency is their median "
+             "(sweep rows run once).")] = 3,
     warmup: Annotated[bool, typer.Option(help="One untimed warm-up run per model.")] = True,
     tile: Annotated[Optional[int], typer.Option(help="LR tile side (default: the model's).")] = None,
     overlap: Annotated[Optional[int], typer.Option(help="LR overlap between tiles.")] = None,
