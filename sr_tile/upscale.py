@@ -126,6 +126,10 @@ class TileRunner:
     def exit_shares(self) -> dict[str, float] | None:
         return None
 
+    def token_sparsity(self) -> float | None:
+        """Share of tokens a token-halting model skipped; None for convolutional runners."""
+        return None
+
     def run_rgb(self, x: torch.Tensor, *, routed: bool) -> torch.Tensor:
         """(N, 3, h, w) on the device -> upscaled; adds to the FLOPs tallies."""
         flops = flops_cached(self.model, tuple(x.shape), FLOPS_CONVENTION)

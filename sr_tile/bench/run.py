@@ -6,8 +6,8 @@ budget; with a sweep, one more routed row per eta (for the PSNR-vs-FLOPs curve).
 
 Each row runs every image exactly as ``sr-tile upscale`` does (:meth:`Upscaler.upscale_array`,
 tiled, uint8 in and out). Per model there is one untimed warm-up on a crop of the first image;
-then each image is run ``repeat`` times and its latency is the median of the runner's seconds
-(model compute only). Decoding and LR making are timed apart (``io_s``); each image is loaded
+then each image is run ``repeat`` times, the repeats taken round the rows in turn, and its
+latency is the median of the runner's seconds (model compute only). Decoding and LR making are timed apart (``io_s``); each image is loaded
 once for all rows. PSNR-Y / SSIM-Y are taken on the SR output of the first run against the
 mod-cropped HR with a border of ``scale`` pixels.
 """
@@ -305,8 +305,7 @@ def _first_run(up: Upscaler, spec: RowSpec, name: str, pair: Pair) -> tuple[Imag
     result.exits = runner.exit_shares()
     eta = runner.eta
     result.eta = float(eta) if eta is not None and spec.route else None
-    sparsity = getattr(runner, "token_sparsity", None)
-    result.token_sparsity = float(sparsity()) if callable(sparsity) else None
+    result.token_sparsity = runner.token_sparsity()
     return result, sr
 
 
