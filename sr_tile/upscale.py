@@ -323,6 +323,11 @@ class Upscaler:
                 return _with_constant_alpha(bands, first)
         return tiled_upscale(pixels, self.runner, scale=s, config=self.tiling, on_tiles=on_tiles)
 
+    def upscale_whole(self, pixels: np.ndarray) -> np.ndarray:
+        """``pixels`` upscaled as one array (``upscale_array``'s bands joined)."""
+        bands = list(self.upscale_array(pixels))
+        return bands[0] if len(bands) == 1 else np.concatenate(bands, axis=0)
+
     def upscale_file(
         self,
         src: str | Path,

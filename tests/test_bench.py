@@ -32,6 +32,7 @@ from sr_tile.imresize import imresize_np
 from sr_tile.metrics import psnr_y
 from sr_tile.models.checkpoint import save_weights
 from sr_tile.models.registry import create_model
+from sr_tile.upscale import Upscaler
 from tests.conftest import listing
 
 # The lead registers these on the real app; tests use a local one.
@@ -291,16 +292,14 @@ def test_bench_json_shape_rows_and_csv(tmp_path, hr_folder, fsrcnn_weights):
 
 def test_bench_repeats_go_round_the_rows(tmp_path, hr_folder, fsrcnn_weights, monkeypatch):
     """Side by side means interleaved: a slow spell of the machine must hit every row."""
-    import sr_tile.bench.run as bench_run
-
     calls: list[int] = []
-    real = bench_run._upscale
+    real = Upscaler.upscale_whole
 
     def spy(up, lr):
         calls.append(id(up))
         return real(up, lr)
 
-    monkeypatch.setattr(bench_run, "_upscale", spy)
+    monkeypatch.setattr(Upscaler, "upscale_whole", spy)
     result = run("bench", hr_folder, "-m", "enaf-fsrcnn", "--weights",
                  f"enaf-fsrcnn={fsrcnn_weights}", "--repeat", "3", "--no-warmup", "--limit", "1",
                  "--threads", "1", "--cache-dir", tmp_path / "cache")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -166,6 +168,31 @@ def test_calibrated_presets_are_ordered_and_loaded(tmp_path, varied_weights, ast
     write_presets(varied_weights, result)
     model = create_model("enaf-fsrcnn", weights=varied_weights)
     assert model.presets == presets
+
+
+def test_sweep_replay_equals_routed_runs(varied_weights, astronaut):
+    """Calibration replays recorded path outputs: each setting must give the routed run's image,
+    paths and FLOPs exactly, and the record pass the static network's image."""
+    from sr_tile.train.calibrate import SweepRunner
+
+    picture = astronaut[30:150, 150:300].copy()
+    picture[:, :60] = 128  # blank tiles, so gamma matters
+    options = UpscaleOptions(model="enaf-fsrcnn", weights=str(varied_weights))
+    sweep = Upscaler(options)
+    runner = sweep.runner = SweepRunner(sweep.model, device=sweep.device)
+    static = Upscaler(replace(options, route=False)).upscale_whole(picture)
+    assert np.array_equal(sweep.upscale_whole(picture), static)
+    mixed = False  # some setting must route tiles different ways, or the test proves little
+    for eta, gamma in [(0.0, 0.0), (0.5, 1.0), (2.0, 0.0), (50.0, 1.0)]:
+        runner.setting = (eta, gamma)
+        replayed = sweep.upscale_whole(picture)
+        routed = Upscaler(replace(options, routing=RoutingOptions(eta=eta, gamma=gamma)))
+        assert np.array_equal(replayed, routed.upscale_whole(picture))
+        assert runner.paths == routed.runner.paths
+        assert runner.flops == routed.runner.flops
+        assert runner.flops_static == routed.runner.flops_static
+        mixed |= len(set(runner.paths)) > 1
+    assert mixed
 
 
 @pytest.mark.parametrize("path", [1, 2])

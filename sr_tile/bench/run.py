@@ -269,22 +269,17 @@ def _drop_duplicate_sweeps(specs: list[RowSpec], upscalers: list[Upscaler]) -> N
             del specs[i], upscalers[i]
 
 
-def _upscale(up: Upscaler, lr: np.ndarray) -> np.ndarray:
-    bands = list(up.upscale_array(lr))
-    return bands[0] if len(bands) == 1 else np.concatenate(bands, axis=0)
-
-
 def _warm_up(up: Upscaler, lr: np.ndarray) -> None:
     """One untimed run on a crop of ``lr`` big enough for a full and a partial tile batch."""
     t = up.tiling.tile
     crop = lr[: min(lr.shape[0], 2 * t), : min(lr.shape[1], (up.tiling.batch_size + 1) * t)]
-    _upscale(up, np.ascontiguousarray(crop))
+    up.upscale_whole(np.ascontiguousarray(crop))
 
 
 def _time_run(up: Upscaler, lr: np.ndarray, result: ImageResult) -> np.ndarray:
     """One timed run; appends model and wall time to ``result``."""
     start = time.perf_counter()
-    out = _upscale(up, lr)
+    out = up.upscale_whole(lr)
     result.wall_runs.append(time.perf_counter() - start)
     result.latency_runs.append(up.runner.seconds)
     return out

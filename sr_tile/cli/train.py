@@ -138,7 +138,9 @@ def _calibrate(cfg: Any, weights: Path | None = None) -> None:
         raise ConfigError(f"{weights}: no weights to calibrate; train first")
     err.print(f"calibrating presets of {escape(str(weights))} on {escape(cfg.data.train_dir)}",
               highlight=False)
-    result = calibrate(cfg.model, weights, cfg.data.train_dir, scale=cfg.scale)
+    result = calibrate(cfg.model, weights, cfg.data.train_dir, scale=cfg.scale,
+                       on_image=lambda name, k, n: err.print(f"calibration image {k}/{n} "
+                                                             f"{escape(name)}", highlight=False))
     write_presets(weights, result)
     table = Table(title=f"presets of {weights.name} (loss vs full network, "
                         f"{len(result['images'])} training images)", title_justify="left")

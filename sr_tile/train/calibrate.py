@@ -4,25 +4,36 @@ The presets trade PSNR for FLOPs like the paper's ENAF-L/M/S. A preset is the
 largest eta (cheapest routing) whose mean PSNR-Y loss against the model's own
 full network stays within its threshold on the calibration images. The etas go
 into the weights file's metadata, where ``create_model`` reads them.
+
+The sweep runs every path of every tile once per image and replays each (gamma, eta) from
+those outputs (``SweepRunner``): the same images and FLOPs as routed runs, for about one
+full-network pass per image instead of one routed run per setting.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from safetensors.torch import load_file, save_file
 
-from sr_tile.bench import BenchOptions, plan_rows, run_bench
-from sr_tile.bench.datasets import Dataset, LRCache, image_files, scan_folder
+from sr_tile.bench.datasets import Dataset, LRCache, image_files, load_pair, scan_folder
 from sr_tile.errors import ConfigError
 from sr_tile.io import probe_size
+from sr_tile.metrics import psnr_y
 from sr_tile.models.checkpoint import read_metadata
-from sr_tile.routing import RoutingOptions
+from sr_tile.models.enaf import EnafSR
+from sr_tile.routing import RoutingOptions, fuse
+from sr_tile.tiler import TileConfig
+from sr_tile.train.loop import path_outputs
+from sr_tile.upscale import ExitRunner, UpscaleOptions, Upscaler
 
 THRESHOLDS_DB = {"L": 0.02, "M": 0.1, "S": 0.3}
 ETA_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
@@ -38,37 +49,95 @@ def calibration_set(folder: str | Path, *, scale: int, n: int = N_IMAGES) -> Dat
     return replace(data, name=f"{data.name} (calibration)", samples=chosen)
 
 
+class SweepRunner(ExitRunner):
+    """ENAF's runner for a sweep: every path of every tile runs once, then any (eta, gamma) is
+    replayed from memory.
+
+    With ``setting`` None (record) a pass runs the estimator and all paths (trunk shared) and
+    keeps them, and outputs the full network: the static result. With ``setting`` (eta, gamma)
+    the next pass over the same image runs no network: each batch takes the recorded outputs of
+    the paths ``fuse`` picks, and the FLOPs are tallied as ``ExitRunner`` does (paths taken +
+    estimator), so the image and the numbers equal a routed run's. A sweep of S settings costs
+    about one full-network pass per image instead of S routed runs.
+    """
+
+    def __init__(self, model: EnafSR, *, device: torch.device) -> None:
+        super().__init__(model, device=device, alpha="bicubic",
+                         routing=RoutingOptions(eta=0.0, gamma=1.0))  # gamma != 0: test blanks
+        self.setting: tuple[float, float] | None = None
+        self.recorded: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._replayed = 0
+
+    def prepare(self, image: np.ndarray, tiling: TileConfig) -> None:
+        self._replayed = 0
+        if self.setting is None:
+            self.recorded.clear()
+            super().prepare(image, tiling)
+
+    def run_rgb(self, x: torch.Tensor, *, routed: bool) -> torch.Tensor:
+        n, (h, w) = x.shape[0], x.shape[-2:]
+        costs = self.model.backbone.path_flops(h, w)
+        self.flops_static += costs[-1] * n
+        if self.setting is None:
+            u, blank = self._planned.popleft()
+            outs = path_outputs(self.model.backbone, x, range(self.model.num_paths))
+            self.recorded.append((u, blank, torch.stack([outs[p] for p in sorted(outs)])))
+            self.flops += costs[-1] * n
+            return outs[self.model.num_paths - 1]
+        u, blank, outs = self.recorded[self._replayed]
+        self._replayed += 1
+        eta, gamma = self.setting
+        paths = fuse(u, blank, self.model.costs(h, w), eta=eta, gamma=gamma)
+        chosen = paths.tolist()
+        self.paths += chosen
+        self.flops += self.model.estimator_flops(h, w) * n + sum(costs[p] for p in chosen)
+        return outs[paths, torch.arange(n)]
+
+
 def calibrate(model: str, weights: str | Path, folder: str | Path, *, scale: int = 4,
               grid: tuple[float, ...] = ETA_GRID, gammas: tuple[float, ...] = GAMMA_GRID,
               thresholds: dict[str, float] = THRESHOLDS_DB,
-              on_step: Callable[..., Any] | None = None) -> dict[str, Any]:
+              on_image: Callable[[str, int, int], Any] | None = None) -> dict[str, Any]:
     """Sweep (gamma, eta) on the calibration images; return presets and the measured table.
 
     A preset is the cheapest (fewest FLOPs) setting within its PSNR-loss threshold; if none
-    is, the most accurate setting measured.
+    is, the most accurate setting measured. ``on_image(name, index, total)`` before each image.
     """
     if not image_files(Path(folder)):
         raise ConfigError(f"{folder}: no calibration images")
     data = calibration_set(folder, scale=scale)
+    up = Upscaler(UpscaleOptions(scale=scale, model=model, weights=str(weights),
+                                 max_pixels=None))
+    runner = up.runner = SweepRunner(up.model, device=up.device)
+    settings = [(eta, gamma) for gamma in gammas for eta in grid]
+    psnrs: dict[tuple[float, float] | None, list[float]] = {k: [] for k in [None, *settings]}
+    flops = dict.fromkeys(settings, 0)
+    paths: dict[tuple[float, float], list[int]] = {k: [] for k in settings}
+    static_flops = 0
+    for index, sample in enumerate(data.samples, 1):
+        if on_image is not None:
+            on_image(sample.name, index, len(data.samples))
+        pair = load_pair(sample, scale, LRCache(None))
+        for setting in [None, *settings]:  # None first: it records what the others replay
+            runner.setting = setting
+            psnrs[setting].append(psnr_y(up.upscale_whole(pair.lr), pair.hr, scale))
+            if setting is None:
+                static_flops += runner.flops_static
+            else:
+                flops[setting] += runner.flops
+                paths[setting] += runner.paths
+        runner.recorded.clear()
+    static = statistics.fmean(psnrs[None])
     table = []
-    static = None
-    for gamma in gammas:
-        options = BenchOptions(scale=scale, repeat=1, warmup=False, sweep=grid,
-                               weights={model: str(weights)},
-                               routing=RoutingOptions(gamma=gamma))
-        keep = ("static", "sweep") if static is None else ("sweep",)
-        specs = [s for s in plan_rows([model], options) if s.kind in keep]
-        result = run_bench(data, specs, options, cache=LRCache(None), on_step=on_step)
-        for row in result.rows:
-            mean = row.mean()
-            if row.spec.kind == "static":
-                static = mean["psnr_y"]
-                continue
-            table.append({"eta": row.spec.routing.eta, "gamma": gamma, "psnr_y": mean["psnr_y"],
-                          "flops_pct": mean["flops_pct"], "exits": mean["exits"]})
-    for row in table:
-        row["loss_db"] = static - row.pop("psnr_y")
-    table.sort(key=lambda r: (r["gamma"], r["eta"]))
+    for eta, gamma in settings:
+        taken = paths[(eta, gamma)]
+        table.append({
+            "eta": eta, "gamma": gamma,
+            "loss_db": static - statistics.fmean(psnrs[(eta, gamma)]),
+            "flops_pct": 100.0 * flops[(eta, gamma)] / static_flops,
+            "exits": {name: taken.count(j) / len(taken)
+                      for j, name in enumerate(ExitRunner.PATH_NAMES)},
+        })
     presets = {}
     for name, limit in thresholds.items():
         ok = [r for r in table if r["loss_db"] <= limit]
