@@ -111,6 +111,16 @@ def test_packaged_configs_load(backbone: str, tmp_path: Path, monkeypatch) -> No
     assert load_config(saved) == cfg
 
 
+def test_every_config_file_in_the_package_loads(tmp_path: Path, monkeypatch) -> None:
+    """Extra configs (e.g. the CPU-sized SRResNet one the shipped weights came from) too."""
+    monkeypatch.chdir(tmp_path)
+    files = sorted(default_config("enaf", "fsrcnn").parent.glob("*.yaml"))
+    assert len(files) >= 4
+    for path in files:
+        cfg = load_config(path)
+        assert cfg.model.startswith("enaf-") and all(cfg.phases.get(n).steps > 0 for n in PHASES)
+
+
 def test_overrides_and_cli_values(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     cfg = load_config(default_config("enaf", "fsrcnn"),
