@@ -548,6 +548,13 @@ def test_cli_runs_one_phase(folders, tmp_path: Path) -> None:
     assert meta["command"].startswith("sr-tile train enaf --backbone fsrcnn --phase backbone")
     create_model("enaf-fsrcnn", scale=4, weights=export)
 
+    calibrated = CliRunner().invoke(_cli(), [
+        "train", "enaf", "--backbone", "fsrcnn", "--phase", "calibrate", "--export", str(export),
+        *sets])
+    assert calibrated.exit_code == 0, calibrated.output
+    assert "calibration image 1/" in calibrated.output and "preset" in calibrated.output
+    assert set(read_metadata(export)["presets"]) == {"L", "M", "S"}
+
     again = CliRunner().invoke(_cli(), [
         "train", "enaf", "--backbone", "fsrcnn", "--run-dir", str(tmp_path / "run"),
         "--device", "cpu", "--steps-scale", "0.5", *sets])

@@ -7,6 +7,7 @@ imported only when the command runs, so ``sr-tile upscale`` never loads it.
 
 from __future__ import annotations
 
+import math
 import shlex
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -142,11 +143,19 @@ def _calibrate(cfg: Any, weights: Path | None = None) -> None:
                        on_image=lambda name, k, n: err.print(f"calibration image {k}/{n} "
                                                              f"{escape(name)}", highlight=False))
     write_presets(weights, result)
+    rows = result["table"]
+    front, best = [], math.inf  # cheapest first; a row stays if it loses less than all cheaper
+    for row in sorted(rows, key=lambda r: (r["flops_pct"], r["loss_db"])):
+        if row["loss_db"] < best:
+            front.append(row)
+            best = row["loss_db"]
     table = Table(title=f"presets of {weights.name} (loss vs full network, "
-                        f"{len(result['images'])} training images)", title_justify="left")
+                        f"{len(result['images'])} training images; the {len(front)} of "
+                        f"{len(rows)} settings that no other beats on both)",
+                  title_justify="left")
     for name in ("gamma", "eta", "PSNR-Y loss", "FLOPs % (estimator incl.)", "preset"):
         table.add_column(name, justify="right")
-    for row in result["table"]:
+    for row in reversed(front):
         marks = ",".join(k for k, v in result["presets"].items()
                          if (v["eta"], v["gamma"]) == (row["eta"], row["gamma"]))
         table.add_row(f"{row['gamma']:g}", f"{row['eta']:g}", f"{row['loss_db']:.3f} dB",
