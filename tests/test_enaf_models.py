@@ -340,3 +340,27 @@ def test_estimator_predicts_bicubic_psnr_plus_gains() -> None:
         # fusion compares paths of one patch: bicubic's PSNR shifts every path alike
         est.fc.bias[0] += 7.0
         torch.testing.assert_close(est(x) - u, torch.full_like(u, 7.0))
+
+
+@pytest.mark.parametrize("name", ["enaf-fsrcnn", "enaf-carn", "enaf-srresnet"])
+def test_shipped_weights_load_say_how_they_were_made_and_beat_bicubic(name, astronaut):
+    from sr_tile.metrics import psnr_y
+    from sr_tile.models.checkpoint import read_metadata
+    from sr_tile.models.registry import create_model, shipped_weights
+
+    path = shipped_weights(name, 4)
+    assert path is not None, f"{name}: no shipped x4 weights"
+    meta = read_metadata(path)
+    assert meta["command"].startswith("sr-tile train enaf") and meta["hardware"]
+    earlier = (meta.get("init") or {}).get("iterations", {})  # a run that went on from another
+    assert all(meta["iterations"][p] + earlier.get(p, 0) > 0
+               for p in ("backbone", "exits", "estimator"))
+    assert set(meta["presets"]) == {"L", "M", "S"}
+    model = create_model(name, weights=path).eval()
+    hr = torch.from_numpy(astronaut[32:288, 160:416]).permute(2, 0, 1)[None].float() / 255
+    lr = imresize(hr, 0.25)
+    with torch.inference_mode():
+        full, skip = model(lr), model.backbone.forward_path(lr, 0)
+    as_u8 = [(t[0].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
+             for t in (full, skip, hr)]
+    assert psnr_y(as_u8[0], as_u8[2], 4) > psnr_y(as_u8[1], as_u8[2], 4) + 0.3
