@@ -280,12 +280,6 @@ class MultiExitSR(nn.Module):
             raise ValueError(f"path must be in [0, {self.num_paths - 1}], got {path}")
         return 0 if path == 0 else self.attach[path - 1]
 
-    def trunk_features(self, x: torch.Tensor, depth: int) -> torch.Tensor:
-        """Features after the first ``depth`` trunk segments."""
-        for segment in self.segments[:depth]:
-            x = segment(x)
-        return x
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The static backbone: path 3."""
         return self.forward_path(x, self.num_paths - 1)
@@ -293,10 +287,20 @@ class MultiExitSR(nn.Module):
     def forward_path(self, x: torch.Tensor, path: int) -> torch.Tensor:
         """Output of one path for the whole batch; runs only that path's prefix and head."""
         path = int(path)
+        return self.path_outputs(x, (path,))[path]
+
+    def path_outputs(self, x: torch.Tensor, paths: Sequence[int]) -> dict[int, torch.Tensor]:
+        """Outputs of several paths for the whole batch: the trunk runs once, as deep as the
+        deepest of them, and each head reads it where it is attached."""
         skip = bicubic(x, self.scale)
-        if self.depth(path) == 0:
-            return skip
-        return self.heads[path - 1](self.trunk_features(x, self.depth(path))) + skip
+        outs = {0: skip} if 0 in paths else {}
+        feats = x
+        for k in range(1, max((self.depth(p) for p in paths), default=0) + 1):
+            feats = self.segments[k - 1](feats)
+            for p in paths:
+                if p > 0 and self.attach[p - 1] == k:
+                    outs[p] = self.heads[p - 1](feats) + skip
+        return outs
 
     def forward_paths(self, x: torch.Tensor, paths: torch.Tensor) -> torch.Tensor:
         """Batched routed execution, ``paths[i]`` chosen for patch ``x[i]``.

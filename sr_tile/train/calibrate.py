@@ -32,7 +32,6 @@ from sr_tile.models.checkpoint import read_metadata
 from sr_tile.models.enaf import EnafSR
 from sr_tile.routing import RoutingOptions, fuse
 from sr_tile.tiler import TileConfig
-from sr_tile.train.loop import path_outputs
 from sr_tile.upscale import ExitRunner, UpscaleOptions, Upscaler
 
 THRESHOLDS_DB = {"L": 0.02, "M": 0.1, "S": 0.3}
@@ -82,7 +81,7 @@ class SweepRunner(ExitRunner):
         self.flops_static += costs[-1] * n
         if self.setting is None:
             u, blank = self._planned.popleft()
-            outs = path_outputs(self.model.backbone, x, range(self.model.num_paths))
+            outs = self.model.backbone.path_outputs(x, range(self.model.num_paths))
             self.recorded.append((u, blank, torch.stack([outs[p] for p in sorted(outs)])))
             self.flops += costs[-1] * n
             return outs[self.model.num_paths - 1]
@@ -128,7 +127,6 @@ def calibrate(model: str, weights: str | Path, folder: str | Path, *, scale: int
             else:
                 flops[setting] += runner.flops
                 paths[setting] += runner.paths
-        runner.recorded.clear()
     static = statistics.fmean(psnrs[None])
     table = []
     for eta, gamma in settings:

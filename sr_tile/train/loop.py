@@ -40,14 +40,14 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
 from sr_tile.errors import ConfigError
 from sr_tile.metrics import psnr_y
 from sr_tile.models.enaf import EnafSR
-from sr_tile.models.layers import MultiExitSR, bicubic
+from sr_tile.models.layers import MultiExitSR
 from sr_tile.train.config import PHASES, PhaseConfig
 from sr_tile.train.data import PatchSampler, ValSet, step_generator
 from sr_tile.train.state import Checkpoint, RunDir, save_checkpoint
 
 __all__ = [
     "PATH_NAMES", "PSNR_CAP", "JsonlLog", "PhaseResult", "StepInfo", "StopFlag",
-    "TrainingInterrupted", "catch_stop_signals", "cosine_lr", "evaluate", "path_outputs",
+    "TrainingInterrupted", "catch_stop_signals", "cosine_lr", "evaluate",
     "path_psnr_targets", "patch_psnr_y", "train_phase",
 ]
 
@@ -69,23 +69,6 @@ def cosine_lr(step: int, total: int, base: float, lr_min: float) -> float:
     return floor + (base - floor) * 0.5 * (1.0 + math.cos(math.pi * step / total))
 
 
-def path_outputs(backbone: MultiExitSR, x: torch.Tensor,
-                 paths: Sequence[int]) -> dict[int, torch.Tensor]:
-    """Outputs of several paths of one batch, running the shared trunk once."""
-    skip = bicubic(x, backbone.scale)
-    outs: dict[int, torch.Tensor] = {}
-    if 0 in paths:
-        outs[0] = skip
-    depth = max((backbone.depth(p) for p in paths), default=0)
-    feats = x
-    for k in range(1, depth + 1):
-        feats = backbone.segments[k - 1](feats)
-        for p in paths:
-            if p > 0 and backbone.attach[p - 1] == k:
-                outs[p] = backbone.heads[p - 1](feats) + skip
-    return outs
-
-
 def patch_psnr_y(sr: torch.Tensor, hr: torch.Tensor, border: int,
                  cap: float = PSNR_CAP) -> torch.Tensor:
     """(N,) PSNR-Y (dB, 255 peak) of (N,3,H,W) batches in [0, 1]; ``sr`` is clamped first."""
@@ -104,7 +87,7 @@ def patch_psnr_y(sr: torch.Tensor, hr: torch.Tensor, border: int,
 def path_psnr_targets(backbone: MultiExitSR, lr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
     """(N, P): the estimator's targets, every path's PSNR-Y on each patch."""
     paths = range(backbone.num_paths)
-    outs = path_outputs(backbone, lr, paths)
+    outs = backbone.path_outputs(lr, paths)
     return torch.stack([patch_psnr_y(outs[p], hr, backbone.scale) for p in paths], dim=1)
 
 
@@ -153,7 +136,7 @@ def evaluate(model: EnafSR, val: ValSet, *, device: torch.device,
     for start in range(0, len(val), _VAL_BATCH):
         lr = val.lr[start:start + _VAL_BATCH].to(device).float().div_(255.0)
         hr = val.hr[start:start + _VAL_BATCH].permute(0, 2, 3, 1).numpy()
-        outs = path_outputs(backbone, lr, paths)
+        outs = backbone.path_outputs(lr, paths)
         for p in paths:
             for sr_img, hr_img in zip(_to_uint8_hwc(outs[p]), hr):
                 scores[p].append(psnr_y(sr_img, hr_img, crop_border=val.scale))
@@ -336,10 +319,10 @@ def _phase_loss(model: EnafSR, phase: str, lr: torch.Tensor, hr: torch.Tensor,
     full = bb.num_paths - 1
     pixel_loss = F.mse_loss if l2 else F.l1_loss
     if phase == "backbone":
-        return pixel_loss(path_outputs(bb, lr, (full,))[full], hr)
+        return pixel_loss(bb.path_outputs(lr, (full,))[full], hr)
     if phase == "exits":
         paths = (1, 2, full) if trunk_trains else (1, 2)
-        outs = path_outputs(bb, lr, paths)
+        outs = bb.path_outputs(lr, paths)
         return torch.stack([pixel_loss(outs[p], hr) for p in paths]).sum()
     to_gains = model.estimator.to_gains  # L1 on bicubic's PSNR and on every gain over it
     return F.l1_loss(to_gains(model.estimator(lr)), to_gains(path_psnr_targets(bb, lr, hr)))
