@@ -352,9 +352,12 @@ def test_shipped_weights_load_say_how_they_were_made_and_beat_bicubic(name, astr
     assert path is not None, f"{name}: no shipped x4 weights"
     meta = read_metadata(path)
     assert meta["command"].startswith("sr-tile train enaf") and meta["hardware"]
-    earlier = (meta.get("init") or {}).get("iterations", {})  # a run that went on from another
-    assert all(meta["iterations"][p] + earlier.get(p, 0) > 0
-               for p in ("backbone", "exits", "estimator"))
+    steps, run = dict.fromkeys(("backbone", "exits", "estimator"), 0), meta
+    while run:  # the run itself, then the runs it went on from (``init``), oldest last
+        for phase in steps:
+            steps[phase] += run["iterations"].get(phase, 0)
+        run = run.get("init")
+    assert all(steps.values()), steps
     assert set(meta["presets"]) == {"L", "M", "S"}
     model = create_model(name, weights=path).eval()
     hr = torch.from_numpy(astronaut[32:288, 160:416]).permute(2, 0, 1)[None].float() / 255

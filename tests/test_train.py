@@ -363,6 +363,76 @@ def test_l2_warmup_uses_mse_for_its_first_steps_then_l1(folders, pairs, tmp_path
         tiny_config(folders, tmp_path / "x", backbone={"l2_warmup": -1})
 
 
+def test_label_pool_is_resumable_and_relabels_for_another_backbone(pairs, tmp_path) -> None:
+    torch.manual_seed(0)
+    model = create_model("enaf-fsrcnn", scale=SCALE, weights=False)
+    _perturb_heads(model)  # zero-initialised heads would make every path bicubic
+    sampler = PatchSampler(pairs, scale=SCALE, lr_patch=16)
+    cpu, path, size = torch.device("cpu"), tmp_path / "pool.safetensors", 300
+    whole = loop.label_pool(model, sampler, size, seed=5, device=cpu)
+    assert whole.lr.shape == (size, 3, 16, 16) and whole.lr.dtype == torch.uint8
+    assert whole.targets.shape == (size, model.num_paths)
+    # the stored uint8 patches are the ones labelled: relabelling them gives the same targets
+    lr, hr = sampler.batch(loop._POOL_CHUNK, loop.step_generator(
+        5, PHASES.index("estimator"), loop._POOL_STEP0), cpu)  # the first chunk's patches
+    assert torch.equal(whole.lr[:8], lr[:8].mul(255).round().to(torch.uint8))
+    assert torch.allclose(whole.targets[:8], loop.path_psnr_targets(model.backbone, lr[:8],
+                                                                    hr[:8]))
+
+    stop = loop.StopFlag(requested="SIGTERM")  # stops after the first chunk is saved
+    with pytest.raises(KeyboardInterrupt):
+        loop.label_pool(model, sampler, size, seed=5, device=cpu, path=path, stop=stop)
+    calls: list[int] = []
+    resumed = loop.label_pool(model, sampler, size, seed=5, device=cpu, path=path,
+                              on_progress=lambda done, total: calls.append(done))
+    assert calls == [size]  # only the second chunk was labelled
+    assert torch.equal(resumed.lr, whole.lr) and torch.equal(resumed.targets, whole.targets)
+
+    with torch.no_grad():  # another backbone: the saved labels are not its, all are redone
+        for param in model.backbone.heads.parameters():
+            param.mul_(2.0)
+    calls.clear()
+    relabelled = loop.label_pool(model, sampler, size, seed=5, device=cpu, path=path,
+                                 on_progress=lambda done, total: calls.append(done))
+    assert calls == [256, size] and not torch.equal(relabelled.targets, whole.targets)
+
+
+def test_pool_flips_are_the_samplers_flips() -> None:
+    hwc = np.arange(5 * 7 * 3, dtype=np.uint8).reshape(5, 7, 3)
+    nchw = torch.from_numpy(hwc).permute(2, 0, 1)[None]
+    outs = [loop._dihedral(nchw, code) for code in range(8)]
+    for code, out in enumerate(outs):
+        expected = torch.from_numpy(train_data._augment(hwc, code).copy()).permute(2, 0, 1)
+        assert torch.equal(out[0], expected)
+    assert len({o.numpy().tobytes() + bytes(o.shape) for o in outs}) == 8
+
+
+def test_estimator_phase_on_a_label_pool_learns_without_running_the_backbone(
+        folders, pairs, tmp_path, monkeypatch) -> None:
+    cfg = tiny_config(folders, tmp_path / "run",
+                      estimator={"steps": 300, "lr": 1e-3, "batch_size": 8, "label_pool": 64})
+    torch.manual_seed(0)
+    model = create_model("enaf-fsrcnn", scale=SCALE, weights=False)
+    labelled: list[int] = []
+    real_targets = loop.path_psnr_targets
+
+    def counting(backbone, lr, hr):
+        labelled.append(lr.shape[0])
+        return real_targets(backbone, lr, hr)
+
+    monkeypatch.setattr(loop, "path_psnr_targets", counting)
+    result = loop.train_phase(model, "estimator", cfg.phases.estimator,
+                              sampler=PatchSampler(pairs, scale=SCALE, lr_patch=16),
+                              run=RunDir(tmp_path / "run"), seed=cfg.seed,
+                              device=torch.device("cpu"))
+    assert sum(labelled) == 64  # each pooled patch labelled once, for 300 steps of 8
+    assert (tmp_path / "run" / "checkpoints" / "label-pool.safetensors").exists()
+    assert np.mean(result.losses[-20:]) < 0.9 * np.mean(result.losses[:20])
+    with pytest.raises(ConfigError, match="phases.backbone.label_pool"):
+        load_config(default_config("enaf", "fsrcnn"), ["phases.backbone.label_pool=64"],
+                    base=tmp_path)
+
+
 def test_exits_phase_with_frozen_lr_trains_the_trunk_slowly(folders, pairs, tmp_path) -> None:
     cfg = tiny_config(folders, tmp_path / "run",
                       exits={"steps": 3, "frozen_lr": 1e-8, "batch_size": 2})

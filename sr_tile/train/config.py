@@ -98,6 +98,12 @@ class PhaseConfig:
     a run from scratch can idle at bicubic quality for thousands of steps (FSRCNN: ~8k; CARN-M:
     +0.001 dB after 1k steps, with zero or small head init); L2's gradient is the residual
     itself, so edges lead from the first step (CARN-M: +0.25 dB after 500 steps).
+
+    ``label_pool`` (phase ``estimator`` only): label this many random training patches once
+    (every path's PSNR-Y, the costly part: a whole backbone pass per patch) and train on random
+    draws from them, with a random flip/transpose per batch, instead of labelling every
+    batch anew. Steps then cost only the estimator, so the phase can take thousands of them.
+    None labels every batch (the paper's way).
     """
 
     steps: int
@@ -110,9 +116,12 @@ class PhaseConfig:
     ckpt_every: int = 500
     log_every: int = 50
     l2_warmup: int = 0
+    label_pool: int | None = None
 
     def __post_init__(self) -> None:
         _non_negative("l2_warmup", self.l2_warmup)
+        if self.label_pool is not None:
+            _positive("label_pool", self.label_pool)
         if self.steps < 0:
             raise _Invalid("steps", f"must be >= 0, got {self.steps}")
         _positive("lr", self.lr)
@@ -137,6 +146,11 @@ class PhasesConfig:
     backbone: PhaseConfig
     exits: PhaseConfig
     estimator: PhaseConfig
+
+    def __post_init__(self) -> None:
+        for name in ("backbone", "exits"):
+            if self.get(name).label_pool is not None:
+                raise _Invalid(f"{name}.label_pool", "only the estimator phase has one")
 
     def get(self, name: str) -> PhaseConfig:
         if name not in PHASES:

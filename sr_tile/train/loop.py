@@ -11,6 +11,8 @@
   capped at :data:`PSNR_CAP` dB for flat patches), as bicubic's PSNR plus each path's gain
   over it (see :class:`~sr_tile.models.layers.PSNREstimator`). Its output bias starts at the
   mean target of a few batches, so it does not spend thousands of steps walking to ~40 dB.
+  With ``label_pool`` the targets of a fixed set of patches are computed once
+  (:func:`label_pool`) and the steps draw from them.
 
 Adam (0.9, 0.999) with cosine decay from each group's learning rate to ``lr_min``; batches
 come from :func:`~sr_tile.train.data.step_generator` (seed, phase, step), so a run resumed from
@@ -20,6 +22,7 @@ a checkpoint continues exactly as the uninterrupted run would have.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import signal
@@ -36,6 +39,8 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from sr_tile.errors import ConfigError
 from sr_tile.metrics import psnr_y
@@ -48,13 +53,16 @@ from sr_tile.train.state import Checkpoint, RunDir, save_checkpoint
 __all__ = [
     "PATH_NAMES", "PSNR_CAP", "JsonlLog", "PhaseResult", "StepInfo", "StopFlag",
     "TrainingInterrupted", "catch_stop_signals", "cosine_lr", "evaluate",
-    "path_psnr_targets", "patch_psnr_y", "train_phase",
+    "LabelPool", "label_pool", "path_psnr_targets", "patch_psnr_y", "train_phase",
 ]
 
 PATH_NAMES = ("bicubic", "exit1", "exit2", "full")
 PSNR_CAP = 60.0  # dB: flat patches would otherwise give huge or infinite targets
 _Y_WEIGHTS = (65.481, 128.553, 24.966)  # BT.601, RGB in [0, 1] -> Y - 16 in [0, 219]
 _ESTIMATOR_INIT_BATCHES = 4
+_POOL_CHUNK = 256  # patches labelled (and saved) at a time
+_LABEL_BATCH = 64  # patches per backbone pass when labelling
+_POOL_STEP0 = -(1 << 20)  # step ids of the pool's chunks: apart from every training step's
 _VAL_BATCH = 8
 
 
@@ -104,6 +112,88 @@ class EstimatorVal:
     targets: torch.Tensor
 
 
+def _dihedral(x: torch.Tensor, code: int) -> torch.Tensor:
+    """One of the 8 flips/transposes of (N, C, H, W) patches, coded as ``data._augment``'s."""
+    if code & 1:
+        x = x.flip(-1)
+    if code & 2:
+        x = x.flip(-2)
+    if code & 4:
+        x = x.transpose(-1, -2)
+    return x
+
+
+@dataclass
+class LabelPool:
+    """Training patches labelled once for the estimator: ``lr`` (N,3,p,p) uint8 and
+    ``targets`` (N, paths), every path's PSNR-Y. PSNR does not change under a flip or a
+    transpose of the patch (the backbone was trained with them), so a batch drawn from the
+    pool is flipped/transposed at random."""
+
+    lr: torch.Tensor
+    targets: torch.Tensor
+
+    def batch(self, n: int, generator: torch.Generator, device: torch.device
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randint(0, self.lr.shape[0], (n,), generator=generator)
+        code = int(torch.randint(0, 8, (1,), generator=generator))
+        lr = _dihedral(self.lr[idx].float().div_(255.0), code)
+        return lr.to(device), self.targets[idx].to(device)
+
+
+def _backbone_fingerprint(backbone: MultiExitSR) -> str:
+    digest = hashlib.sha1()
+    for name, tensor in sorted(backbone.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def label_pool(model: EnafSR, sampler: PatchSampler, size: int, *, seed: int,
+               device: torch.device, path: Path | None = None,
+               on_progress: Callable[[int, int], None] | None = None,
+               stop: StopFlag | None = None) -> LabelPool:
+    """Label ``size`` random training patches (the backbone's work of the estimator phase).
+
+    With ``path`` the pool is saved after every chunk and a later call (a resumed run) goes on
+    from what is there, if it was labelled by the same backbone, seed and patch size.
+    ``on_progress(done, size)`` after every chunk; a stop request raises KeyboardInterrupt.
+    """
+    meta = {"backbone": _backbone_fingerprint(model.backbone), "seed": str(seed),
+            "lr_patch": str(sampler.lr_patch), "scale": str(sampler.scale)}
+    lrs, targets = [], []
+    if path is not None and path.exists():
+        with safe_open(str(path), framework="pt") as saved:
+            if saved.metadata() == meta:
+                lrs, targets = [saved.get_tensor("lr")[:size]], [saved.get_tensor("targets")[:size]]
+    done = sum(t.shape[0] for t in targets)
+    if done < size and done % _POOL_CHUNK:  # keep whole chunks: the next one starts afresh
+        done -= done % _POOL_CHUNK
+        lrs, targets = [lrs[0][:done]], [targets[0][:done]]
+    phase = PHASES.index("estimator")
+    while done < size:
+        chunk = done // _POOL_CHUNK  # done is a multiple of the chunk until the last one
+        n = min(_POOL_CHUNK, size - done)
+        lr, hr = sampler.batch(n, step_generator(seed, phase, _POOL_STEP0 - chunk), device)
+        targets.append(torch.cat([path_psnr_targets(model.backbone, lr[i:i + _LABEL_BATCH],
+                                                    hr[i:i + _LABEL_BATCH]).cpu()
+                                  for i in range(0, n, _LABEL_BATCH)]))
+        lrs.append(lr.mul(255.0).round_().to(torch.uint8).cpu())
+        done += n
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            save_file({"lr": torch.cat(lrs), "targets": torch.cat(targets)}, str(tmp), meta)
+            tmp.replace(path)
+            lrs, targets = [torch.cat(lrs)], [torch.cat(targets)]
+        if on_progress is not None:
+            on_progress(done, size)
+        if stop is not None and stop.requested is not None and done < size:
+            raise KeyboardInterrupt(stop.requested)
+    return LabelPool(lr=torch.cat(lrs), targets=torch.cat(targets))
+
+
 @torch.no_grad()
 def estimator_val_set(model: EnafSR, val: ValSet, lr_patch: int,
                       device: torch.device) -> EstimatorVal:
@@ -118,9 +208,10 @@ def estimator_val_set(model: EnafSR, val: ValSet, lr_patch: int,
     lr = torch.cat(lrs).float().div_(255.0)
     hr = torch.cat(hrs).float().div_(255.0)
     targets = []
-    for start in range(0, lr.shape[0], 64):
-        targets.append(path_psnr_targets(model.backbone, lr[start:start + 64].to(device),
-                                         hr[start:start + 64].to(device)).cpu())
+    for start in range(0, lr.shape[0], _LABEL_BATCH):
+        stop = start + _LABEL_BATCH
+        targets.append(path_psnr_targets(model.backbone, lr[start:stop].to(device),
+                                         hr[start:stop].to(device)).cpu())
     return EstimatorVal(lr=lr, targets=torch.cat(targets))
 
 
@@ -153,8 +244,12 @@ def evaluate(model: EnafSR, val: ValSet, *, device: torch.device,
         result["estimator_mae_mean"] = round(float(err.mean()), 4)
         # What routing depends on: the error of the predicted gains over bicubic.
         to_gains = model.estimator.to_gains
-        gain_err = (to_gains(preds) - to_gains(estimator.targets))[:, 1:].abs()
-        result["estimator_gain_mae"] = round(float(gain_err.mean()), 4)
+        pred_gains, true_gains = to_gains(preds)[:, 1:], to_gains(estimator.targets)[:, 1:]
+        result["estimator_gain_mae"] = round(float((pred_gains - true_gains).abs().mean()), 4)
+        # A constant guess can have a fair MAE; the correlation says whether it ranks patches.
+        result["estimator_gain_corr"] = round(float(np.mean([
+            torch.corrcoef(torch.stack([pred_gains[:, k], true_gains[:, k]]))[0, 1]
+            for k in range(pred_gains.shape[1])])), 4)
         # How often the estimator ranks the best path first (ties to the cheaper path).
         result["estimator_top1"] = round(float(
             (preds.argmax(1) == estimator.targets.argmax(1)).float().mean()), 4)
@@ -169,6 +264,7 @@ def format_val(result: dict[str, Any]) -> str:
         text += (f"; estimator MAE {result['estimator_mae_mean']:.2f} dB "
                  f"(" + ", ".join(f"{v:.2f}" for v in result["estimator_mae"].values()) + ")"
                  f", gain MAE {result['estimator_gain_mae']:.2f} dB"
+                 f" (corr {result['estimator_gain_corr']:.2f})"
                  f", top-1 {100 * result['estimator_top1']:.0f}%")
     return text
 
@@ -268,9 +364,10 @@ class _Display:
                                            speed="- it/s")
         self.progress.start()
 
-    def update(self, step: int, loss: float, its: float) -> None:
+    def update(self, step: int, loss: float | None, its: float) -> None:
         if self.progress is not None:
-            self.progress.update(self.task, completed=step, loss=f"{loss:.4f}",
+            self.progress.update(self.task, completed=step,
+                                 loss="-" if loss is None else f"{loss:.4f}",
                                  speed=f"{its:.1f} it/s")
 
     def print(self, text: str) -> None:
@@ -324,19 +421,55 @@ def _phase_loss(model: EnafSR, phase: str, lr: torch.Tensor, hr: torch.Tensor,
         paths = (1, 2, full) if trunk_trains else (1, 2)
         outs = bb.path_outputs(lr, paths)
         return torch.stack([pixel_loss(outs[p], hr) for p in paths]).sum()
+    return _estimator_loss(model, lr, path_psnr_targets(bb, lr, hr))
+
+
+def _estimator_loss(model: EnafSR, lr: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     to_gains = model.estimator.to_gains  # L1 on bicubic's PSNR and on every gain over it
-    return F.l1_loss(to_gains(model.estimator(lr)), to_gains(path_psnr_targets(bb, lr, hr)))
+    return F.l1_loss(to_gains(model.estimator(lr)), to_gains(targets))
 
 
 @torch.no_grad()
 def _init_estimator(model: EnafSR, sampler: PatchSampler, batch_size: int, seed: int,
-                    device: torch.device) -> None:
-    phase = PHASES.index("estimator")
-    targets = []
-    for i in range(_ESTIMATOR_INIT_BATCHES):
-        lr, hr = sampler.batch(batch_size, step_generator(seed, phase, -1 - i), device)
-        targets.append(path_psnr_targets(model.backbone, lr, hr))
+                    device: torch.device, pool: LabelPool | None = None) -> None:
+    if pool is not None:
+        targets = [pool.targets.to(device)]
+    else:
+        phase = PHASES.index("estimator")
+        targets = []
+        for i in range(_ESTIMATOR_INIT_BATCHES):
+            lr, hr = sampler.batch(batch_size, step_generator(seed, phase, -1 - i), device)
+            targets.append(path_psnr_targets(model.backbone, lr, hr))
     model.estimator.fc.bias.copy_(model.estimator.to_gains(torch.cat(targets)).mean(0))
+
+
+def _label_pool(model: EnafSR, sampler: PatchSampler, size: int, *, seed: int,
+                device: torch.device, run: RunDir, console: Console | None, log: JsonlLog,
+                stop: StopFlag | None, start: int, total: int) -> LabelPool:
+    """:func:`label_pool` with a progress bar and a log entry; an interrupt keeps the chunks
+    labelled so far (in the run directory) and writes no checkpoint."""
+    display = _Display(console, "labels", size, 0)
+    t0 = time.perf_counter()
+    last = t0
+
+    def progress(done: int, _: int) -> None:  # speed: patches per second over the last chunk
+        nonlocal last
+        now = time.perf_counter()
+        display.update(done, None, _POOL_CHUNK / max(now - last, 1e-9))
+        last = now
+
+    try:
+        pool = label_pool(model, sampler, size, seed=seed, device=device, path=run.label_pool,
+                          on_progress=progress, stop=stop)
+    except KeyboardInterrupt:
+        log.write("interrupted", phase="estimator", step=start, total=total, checkpoint=None,
+                  labelled=str(run.label_pool))
+        raise TrainingInterrupted("estimator", start, total, None) from None
+    finally:
+        display.close()
+    log.write("label_pool", size=size, seconds=round(time.perf_counter() - t0, 3),
+              path=str(run.label_pool))
+    return pool
 
 
 def train_phase(model: EnafSR, phase: str, config: PhaseConfig, *, sampler: PatchSampler,
@@ -374,8 +507,12 @@ def train_phase(model: EnafSR, phase: str, config: PhaseConfig, *, sampler: Patc
         optimizer.load_state_dict(resume.optimizer)
         start = resume.step
         seconds_before = float(resume.extra.get("phase_seconds", 0.0))
-    elif phase == "estimator":
-        _init_estimator(model, sampler, config.batch_size, seed, device)
+    pool = None
+    if phase == "estimator" and config.label_pool is not None:
+        pool = _label_pool(model, sampler, config.label_pool, seed=seed, device=device,
+                           run=run, console=console, log=log, stop=stop, start=start, total=total)
+    if phase == "estimator" and start == 0:
+        _init_estimator(model, sampler, config.batch_size, seed, device, pool)
 
     est_val = None
     if phase == "estimator" and val is not None:
@@ -405,10 +542,13 @@ def train_phase(model: EnafSR, phase: str, config: PhaseConfig, *, sampler: Patc
         for step in range(start, total):
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(step, total, group["base_lr"], config.lr_min)
-            lr_batch, hr_batch = sampler.batch(
-                config.batch_size, step_generator(seed, phase_index, step), device)
-            loss = _phase_loss(model, phase, lr_batch, hr_batch, trunk_trains,
-                               l2=step < config.l2_warmup)
+            generator = step_generator(seed, phase_index, step)
+            if pool is not None:
+                loss = _estimator_loss(model, *pool.batch(config.batch_size, generator, device))
+            else:
+                lr_batch, hr_batch = sampler.batch(config.batch_size, generator, device)
+                loss = _phase_loss(model, phase, lr_batch, hr_batch, trunk_trains,
+                                   l2=step < config.l2_warmup)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip is not None:

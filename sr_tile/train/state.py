@@ -70,6 +70,11 @@ class RunDir:
     def last(self) -> Path:
         return self.checkpoints / "last.safetensors"
 
+    @property
+    def label_pool(self) -> Path:
+        """The estimator's labelled patches (see ``PhaseConfig.label_pool``)."""
+        return self.checkpoints / "label-pool.safetensors"
+
     def phase_weights(self, phase: str) -> Path:
         """The model after ``phase`` (save_weights format: usable as ``init``)."""
         return self.checkpoints / f"after-{phase}.safetensors"
