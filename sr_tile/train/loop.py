@@ -60,7 +60,8 @@ PATH_NAMES = ("bicubic", "exit1", "exit2", "full")
 PSNR_CAP = 60.0  # dB: flat patches would otherwise give huge or infinite targets
 _Y_WEIGHTS = (65.481, 128.553, 24.966)  # BT.601, RGB in [0, 1] -> Y - 16 in [0, 219]
 _ESTIMATOR_INIT_BATCHES = 4
-_POOL_CHUNK = 256  # patches labelled (and saved) at a time
+_POOL_CHUNK = 256  # patches labelled at a time
+_POOL_SAVE_EVERY_S = 60.0  # a 64k pool is 200 MB: rewrite it now and then, not every chunk
 _LABEL_BATCH = 64  # patches per backbone pass when labelling
 _POOL_STEP0 = -(1 << 20)  # step ids of the pool's chunks: apart from every training step's
 _VAL_BATCH = 8
@@ -156,8 +157,9 @@ def label_pool(model: EnafSR, sampler: PatchSampler, size: int, *, seed: int,
                stop: StopFlag | None = None) -> LabelPool:
     """Label ``size`` random training patches (the backbone's work of the estimator phase).
 
-    With ``path`` the pool is saved after every chunk and a later call (a resumed run) goes on
-    from what is there, if it was labelled by the same backbone, seed and patch size.
+    With ``path`` the pool is saved at most every ``_POOL_SAVE_EVERY_S`` seconds, on a stop
+    request and at the end, and a later call (a resumed run) goes on from what is there, if
+    it was labelled by the same backbone, seed and patch size.
     ``on_progress(done, size)`` after every chunk; a stop request raises KeyboardInterrupt.
     """
     meta = {"backbone": _backbone_fingerprint(model.backbone), "seed": str(seed),
@@ -172,6 +174,7 @@ def label_pool(model: EnafSR, sampler: PatchSampler, size: int, *, seed: int,
         done -= done % _POOL_CHUNK
         lrs, targets = [lrs[0][:done]], [targets[0][:done]]
     phase = PHASES.index("estimator")
+    saved_at = time.monotonic()
     while done < size:
         chunk = done // _POOL_CHUNK  # done is a multiple of the chunk until the last one
         n = min(_POOL_CHUNK, size - done)
@@ -181,15 +184,18 @@ def label_pool(model: EnafSR, sampler: PatchSampler, size: int, *, seed: int,
                                   for i in range(0, n, _LABEL_BATCH)]))
         lrs.append(lr.mul(255.0).round_().to(torch.uint8).cpu())
         done += n
-        if path is not None:
+        stopping = stop is not None and stop.requested is not None and done < size
+        if path is not None and (done == size or stopping
+                                 or time.monotonic() - saved_at >= _POOL_SAVE_EVERY_S):
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.tmp")
             save_file({"lr": torch.cat(lrs), "targets": torch.cat(targets)}, str(tmp), meta)
             tmp.replace(path)
             lrs, targets = [torch.cat(lrs)], [torch.cat(targets)]
+            saved_at = time.monotonic()
         if on_progress is not None:
             on_progress(done, size)
-        if stop is not None and stop.requested is not None and done < size:
+        if stopping:
             raise KeyboardInterrupt(stop.requested)
     return LabelPool(lr=torch.cat(lrs), targets=torch.cat(targets))
 
