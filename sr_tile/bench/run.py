@@ -8,8 +8,8 @@ Each row runs every image exactly as ``sr-tile upscale`` does (:meth:`Upscaler.u
 tiled, uint8 in and out). Per model there is one untimed warm-up on a crop of the first image;
 then each image is run ``repeat`` times, the repeats taken round the rows in turn, and its
 latency is the median of the runner's seconds (model compute only). Decoding and LR making
-are timed apart (``io_s``); each image is loaded once for all rows. PSNR-Y / SSIM-Y are taken on the SR output of the first run against the
-mod-cropped HR with a border of ``scale`` pixels.
+are timed apart (``io_s``); each image is loaded once for all rows. PSNR-Y / SSIM-Y are taken
+on the SR output of the first run against the mod-cropped HR with a border of ``scale`` pixels.
 """
 
 from __future__ import annotations

@@ -215,9 +215,9 @@ def estimator_val_set(model: EnafSR, val: ValSet, lr_patch: int,
     hr = torch.cat(hrs).float().div_(255.0)
     targets = []
     for start in range(0, lr.shape[0], _LABEL_BATCH):
-        stop = start + _LABEL_BATCH
-        targets.append(path_psnr_targets(model.backbone, lr[start:stop].to(device),
-                                         hr[start:stop].to(device)).cpu())
+        end = start + _LABEL_BATCH
+        targets.append(path_psnr_targets(model.backbone, lr[start:end].to(device),
+                                         hr[start:end].to(device)).cpu())
     return EstimatorVal(lr=lr, targets=torch.cat(targets))
 
 
@@ -439,14 +439,13 @@ def _estimator_loss(model: EnafSR, lr: torch.Tensor, targets: torch.Tensor) -> t
 def _init_estimator(model: EnafSR, sampler: PatchSampler, batch_size: int, seed: int,
                     device: torch.device, pool: LabelPool | None = None) -> None:
     if pool is not None:
-        targets = [pool.targets.to(device)]
+        targets = pool.targets.to(device)
     else:
         phase = PHASES.index("estimator")
-        targets = []
-        for i in range(_ESTIMATOR_INIT_BATCHES):
-            lr, hr = sampler.batch(batch_size, step_generator(seed, phase, -1 - i), device)
-            targets.append(path_psnr_targets(model.backbone, lr, hr))
-    model.estimator.fc.bias.copy_(model.estimator.to_gains(torch.cat(targets)).mean(0))
+        batches = (sampler.batch(batch_size, step_generator(seed, phase, -1 - i), device)
+                   for i in range(_ESTIMATOR_INIT_BATCHES))
+        targets = torch.cat([path_psnr_targets(model.backbone, lr, hr) for lr, hr in batches])
+    model.estimator.fc.bias.copy_(model.estimator.to_gains(targets).mean(0))
 
 
 def _label_pool(model: EnafSR, sampler: PatchSampler, size: int, *, seed: int,
