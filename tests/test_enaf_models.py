@@ -342,6 +342,35 @@ def test_estimator_predicts_bicubic_psnr_plus_gains() -> None:
         torch.testing.assert_close(est(x) - u, torch.full_like(u, 7.0))
 
 
+def test_enaf_reads_a_patch_by_sub_tiles_combined_by_their_mean_mse() -> None:
+    from sr_tile.models.enaf import ESTIMATOR_PART, EnafSR, combine_psnr
+
+    torch.manual_seed(0)
+    model = EnafSR(backbone=build_carn(scale=4)).eval()
+    nn.init.normal_(model.estimator.fc.weight, std=5.0)  # parts that disagree
+    x = torch.rand(3, 3, 32, 48)
+    p = ESTIMATOR_PART
+    with torch.no_grad():
+        parts = torch.stack([model.estimator(x[:, :, i:i + p, j:j + p])
+                             for i in range(0, 32, p) for j in range(0, 48, p)])
+        mse = (10.0 ** (-parts / 10.0)).mean(0)
+        torch.testing.assert_close(model.predict_psnr(x), -10.0 * torch.log10(mse))
+        u, _ = model.estimate(x)
+        torch.testing.assert_close(u, model.predict_psnr(x))
+        # the worst part weighs most: the combination is at most the mean of the parts' PSNRs
+        assert bool((model.predict_psnr(x) <= parts.mean(0) + 1e-4).all())
+        # a size the parts do not divide: the whole patch, as in the paper
+        odd = torch.rand(2, 3, 36, 36)
+        torch.testing.assert_close(model.predict_psnr(odd), model.estimator(odd))
+    assert combine_psnr(torch.tensor([[30.0, 30.0]]), dim=1).item() == pytest.approx(30.0)
+    assert combine_psnr(torch.tensor([[20.0, 60.0]]), dim=1).item() == pytest.approx(
+        -10 * np.log10(0.5 * (1e-2 + 1e-6)))
+    # FLOPs: the same convolutions as on the whole patch, the linear layer once per part
+    whole = count_flops(model.estimator, (1, 3, 32, 32))
+    assert model.estimator_flops(32, 32) == whole + 15 * 2 * 32 * 4 == 7_606_272
+    assert model.estimator_flops(36, 36) == count_flops(model.estimator, (1, 3, 36, 36))
+
+
 @pytest.mark.parametrize("name", ["enaf-fsrcnn", "enaf-carn", "enaf-srresnet"])
 def test_shipped_weights_load_say_how_they_were_made_and_beat_bicubic(name, astronaut):
     from sr_tile.metrics import psnr_y

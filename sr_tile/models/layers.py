@@ -353,7 +353,8 @@ class PSNREstimator(nn.Module):
 
     conv 3->128 k4 s4, LeakyReLU(0.1), 3 x [1x1 128->128 + LeakyReLU(0.1)], 1x1 128->32,
     global average pool, Linear 32->num_paths. Per 32x32 patch (classsr): 786,432 + 3 x
-    2,097,152 + 524,288 + 2*32*4 = 7,602,432 FLOPs.
+    2,097,152 + 524,288 + 2*32*4 = 7,602,432 FLOPs on the whole patch; ENAF runs it on 8x8
+    sub-tiles (``EnafSR.predict_psnr``): the same convolutions, 16 linear layers, 7,606,272.
 
     The linear layer's outputs are bicubic's PSNR ``p0`` and each path's GAIN over it, and
     ``forward`` returns ``[p0, p0 + g1, p0 + g2, ...]``. Fusion (Eq. 9) only compares paths

@@ -242,7 +242,7 @@ def evaluate(model: EnafSR, val: ValSet, *, device: torch.device,
     }
     result["gain_db"] = round(result["psnr_y"]["full"] - result["psnr_y"]["bicubic"], 4)
     if estimator is not None:
-        preds = torch.cat([model.estimator(estimator.lr[i:i + 256].to(device)).cpu()
+        preds = torch.cat([model.predict_psnr(estimator.lr[i:i + 256].to(device)).cpu()
                            for i in range(0, estimator.lr.shape[0], 256)])
         err = (preds - estimator.targets).abs()
         result["estimator_mae"] = {PATH_NAMES[p]: round(float(err[:, p].mean()), 4)
