@@ -343,7 +343,8 @@ def test_estimator_predicts_bicubic_psnr_plus_gains() -> None:
 
 
 def test_enaf_reads_a_patch_by_sub_tiles_combined_by_their_mean_mse() -> None:
-    from sr_tile.models.enaf import ESTIMATOR_PART, EnafSR, combine_psnr
+    from sr_tile.models.enaf import ESTIMATOR_PART, EnafSR
+    from sr_tile.models.layers import combine_psnr
 
     torch.manual_seed(0)
     model = EnafSR(backbone=build_carn(scale=4)).eval()

@@ -7,7 +7,6 @@ is the static backbone (the full network); routed inference goes through
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -24,12 +23,6 @@ from sr_tile.routing import DEFAULT_PRESETS
 # estimate, and the patch goes to bicubic with a loss of 4-7 dB. Same convolutions, so the
 # same FLOPs (the final linear layer runs once per sub-tile: +3,840 per 32x32 patch).
 ESTIMATOR_PART = 8
-
-
-def combine_psnr(u: torch.Tensor, dim: int) -> torch.Tensor:
-    """PSNR of the mean MSE of parts of equal size whose PSNRs (dB) lie along ``dim``."""
-    k = 10.0 / math.log(10.0)
-    return -k * (torch.logsumexp(-u / k, dim=dim) - math.log(u.shape[dim]))
 
 
 class EnafSR(nn.Module):
@@ -62,20 +55,12 @@ class EnafSR(nn.Module):
 
     def predict_psnr(self, x: torch.Tensor) -> torch.Tensor:
         """(N, P) the estimator's PSNR per path, read by sub-tiles (see ``ESTIMATOR_PART``)."""
-        n, c, h, w = x.shape
-        rows, cols = self._parts(h, w)
-        if rows * cols == 1:
-            return self.estimator(x)
-        p = ESTIMATOR_PART
-        parts = x.reshape(n, c, rows, p, cols, p).permute(0, 2, 4, 1, 3, 5).reshape(-1, c, p, p)
-        return combine_psnr(self.estimator(parts).reshape(n, rows * cols, -1), dim=1)
+        return self.estimator(x, self._part(*x.shape[-2:]))
 
     @staticmethod
-    def _parts(height: int, width: int) -> tuple[int, int]:
-        """Sub-tiles per column and row; (1, 1) when ``ESTIMATOR_PART`` does not divide both."""
-        if height % ESTIMATOR_PART or width % ESTIMATOR_PART:
-            return 1, 1
-        return height // ESTIMATOR_PART, width // ESTIMATOR_PART
+    def _part(height: int, width: int) -> int | None:
+        """``ESTIMATOR_PART``, or None (the whole patch) when it does not divide both sides."""
+        return None if height % ESTIMATOR_PART or width % ESTIMATOR_PART else ESTIMATOR_PART
 
     def costs(self, height: int, width: int, convention: Convention = "torch") -> torch.Tensor:
         """(P,) each path's FLOPs over the full network's, for one patch size.
@@ -92,9 +77,10 @@ class EnafSR(nn.Module):
     def estimator_flops(self, height: int, width: int) -> int:
         key = (height, width)
         if key not in self._estimator_flops:
-            rows, cols = self._parts(height, width)
-            shape = (rows * cols, 3, height // rows, width // cols)
-            self._estimator_flops[key] = count_flops(self.estimator, shape)
+            part = self._part(height, width)
+            self._estimator_flops[key] = count_flops(
+                self.estimator, (1, 3, height, width),
+                inputs_fn=lambda shape, device: (torch.zeros(shape, device=device), part))
         return self._estimator_flops[key]
 
 

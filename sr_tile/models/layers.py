@@ -25,7 +25,8 @@ from sr_tile.ops import PixelShuffle, pixel_shuffle
 
 __all__ = [
     "BLANK_THRESHOLD", "ConvAct", "DeconvHead", "MultiExitSR", "PSNREstimator", "ResidualBlock",
-    "SubPixelConvTranspose2d", "UpsampleHead", "bicubic", "blank_score", "exits_descriptor",
+    "SubPixelConvTranspose2d", "UpsampleHead", "bicubic", "blank_score", "combine_psnr",
+    "exits_descriptor",
     "is_blank", "make_act", "small_init_", "upsample_factors", "zero_init_",
 ]
 
@@ -353,8 +354,9 @@ class PSNREstimator(nn.Module):
 
     conv 3->128 k4 s4, LeakyReLU(0.1), 3 x [1x1 128->128 + LeakyReLU(0.1)], 1x1 128->32,
     global average pool, Linear 32->num_paths. Per 32x32 patch (classsr): 786,432 + 3 x
-    2,097,152 + 524,288 + 2*32*4 = 7,602,432 FLOPs on the whole patch; ENAF runs it on 8x8
-    sub-tiles (``EnafSR.predict_psnr``): the same convolutions, 16 linear layers, 7,606,272.
+    2,097,152 + 524,288 + 2*32*4 = 7,602,432 FLOPs on the whole patch; ENAF reads it by 8x8
+    sub-tiles (``part=8``, ``EnafSR.predict_psnr``): the same convolutions, the linear layer
+    16 times, 7,606,272.
 
     The linear layer's outputs are bicubic's PSNR ``p0`` and each path's GAIN over it, and
     ``forward`` returns ``[p0, p0 + g1, p0 + g2, ...]``. Fusion (Eq. 9) only compares paths
@@ -374,9 +376,21 @@ class PSNREstimator(nn.Module):
         nn.init.zeros_(self.fc.bias)
         nn.init.constant_(self.fc.bias[:1], init_psnr)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, part: int | None = None) -> torch.Tensor:
+        """(N, P) PSNR per path of (N, 3, h, w) patches in [0, 1].
+
+        ``part`` (a multiple of 4 that divides h and w): read the patch as part x part
+        sub-tiles and combine their PSNRs by their mean MSE (``combine_psnr``). Every layer
+        before the pool sees each 4x4 cell alone, so pooling the features over each
+        sub-tile's cells equals running the estimator on the sub-tiles one by one.
+        """
         y = self.conv_last(self.body(self.act(self.conv_first(x))))
-        return self.from_gains(self.fc(y.mean(dim=(2, 3))))
+        if part is None:
+            return self.from_gains(self.fc(y.mean(dim=(2, 3))))
+        cells = F.avg_pool2d(y, part // 4)  # (N, feat, h / part, w / part)
+        n, k = cells.shape[0], cells.shape[2] * cells.shape[3]
+        u = self.from_gains(self.fc(cells.flatten(2).transpose(1, 2).reshape(n * k, -1)))
+        return combine_psnr(u.reshape(n, k, -1), dim=1)
 
     @staticmethod
     def from_gains(y: torch.Tensor) -> torch.Tensor:
@@ -387,6 +401,12 @@ class PSNREstimator(nn.Module):
     def to_gains(u: torch.Tensor) -> torch.Tensor:
         """The inverse of :meth:`from_gains`: PSNR per path -> ``[p0, g1, ...]``."""
         return torch.cat([u[:, :1], u[:, 1:] - u[:, :1]], dim=1)
+
+
+def combine_psnr(u: torch.Tensor, dim: int) -> torch.Tensor:
+    """PSNR of the mean MSE of parts of equal size whose PSNRs (dB) lie along ``dim``."""
+    k = 10.0 / math.log(10.0)
+    return -k * (torch.logsumexp(-u / k, dim=dim) - math.log(u.shape[dim]))
 
 
 _LAPLACIAN = ((0.0, 1.0, 0.0), (1.0, -4.0, 1.0), (0.0, 1.0, 0.0))
