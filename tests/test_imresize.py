@@ -269,8 +269,9 @@ def _gather_upscale(x: torch.Tensor, s: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("s", [2, 3, 4])
-@pytest.mark.parametrize("shape", [(2, 3, 32, 32), (1, 1, 5, 41), (3, 9, 4), (7, 6)])
-def test_integer_upscale_fast_path_equals_general_path(s, shape):
+@pytest.mark.parametrize("shape", [(2, 3, 32, 32), (1, 1, 5, 41), (3, 9, 4), (7, 6),
+                                   (1, 2, 70, 81)])  # > _MATRIX_MAX: the polyphase conv
+def test_integer_upscale_fast_paths_equal_general_path(s, shape):
     from sr_tile.imresize import _polyphase_ok
 
     x = torch.from_numpy(_pattern(int(np.prod(shape[:-1])), shape[-1])).reshape(shape)
