@@ -26,8 +26,7 @@ from sr_tile.ops import PixelShuffle, pixel_shuffle
 __all__ = [
     "BLANK_THRESHOLD", "ConvAct", "DeconvHead", "MultiExitSR", "PSNREstimator", "ResidualBlock",
     "SubPixelConvTranspose2d", "UpsampleHead", "bicubic", "blank_score", "combine_psnr",
-    "exits_descriptor",
-    "is_blank", "make_act", "small_init_", "upsample_factors", "zero_init_",
+    "exits_descriptor", "is_blank", "make_act", "small_init_", "upsample_factors", "zero_init_",
 ]
 
 BLANK_THRESHOLD = 10.0  # ENAF's epsilon: a patch is blank when its score is <= this
