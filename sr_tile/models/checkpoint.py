@@ -30,10 +30,16 @@ def save_weights(model: nn.Module, path: str | Path, *, name: str, scale: int,
     meta = {"format": FORMAT, "model": name, "scale": str(scale), "sr_tile": __version__}
     for key, value in (extra or {}).items():
         meta[key] = json.dumps(value)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(path)
+    save_safetensors(tensors, path, meta)
     return path
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: Path,
+                     metadata: dict[str, str]) -> None:
+    """Write a safetensors file whole or not at all: a hidden sibling, then a rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.replace(path)
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

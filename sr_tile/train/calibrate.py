@@ -22,13 +22,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from sr_tile.bench.datasets import Dataset, LRCache, image_files, load_pair, scan_folder
 from sr_tile.errors import ConfigError
 from sr_tile.io import probe_size
 from sr_tile.metrics import psnr_y
-from sr_tile.models.checkpoint import read_metadata
+from sr_tile.models.checkpoint import read_metadata, save_safetensors
 from sr_tile.models.enaf import EnafSR
 from sr_tile.routing import RoutingOptions, fuse
 from sr_tile.tiler import TileConfig
@@ -157,6 +157,4 @@ def write_presets(weights: str | Path, calibration: dict[str, Any]) -> None:
     raw = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in read_metadata(path).items()}
     raw["presets"] = json.dumps(calibration["presets"])
     raw["calibration"] = json.dumps({k: v for k, v in calibration.items() if k != "presets"})
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=raw)
-    tmp.replace(path)
+    save_safetensors(tensors, path, raw)

@@ -40,10 +40,10 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from sr_tile.errors import ConfigError
 from sr_tile.metrics import psnr_y
+from sr_tile.models.checkpoint import save_safetensors
 from sr_tile.models.enaf import EnafSR
 from sr_tile.models.layers import MultiExitSR
 from sr_tile.train.config import PHASES, PhaseConfig
@@ -188,9 +188,7 @@ def label_pool(model: EnafSR, sampler: PatchSampler, size: int, *, seed: int,
         if path is not None and (done == size or stopping
                                  or time.monotonic() - saved_at >= _POOL_SAVE_EVERY_S):
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            save_file({"lr": torch.cat(lrs), "targets": torch.cat(targets)}, str(tmp), meta)
-            tmp.replace(path)
+            save_safetensors({"lr": torch.cat(lrs), "targets": torch.cat(targets)}, path, meta)
             lrs, targets = [torch.cat(lrs)], [torch.cat(targets)]
             saved_at = time.monotonic()
         if on_progress is not None:
