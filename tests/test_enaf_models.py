@@ -166,6 +166,23 @@ def test_forward_paths_equals_per_patch_forward_path(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_forward_paths_keeps_a_channels_last_batch_channels_last(name: str) -> None:
+    """The CPU runner feeds tiles channels-last (oneDNN's fast layout): the gathered trunk
+    batches and head inputs stay in it, and the result equals the NCHW one."""
+    model = _trained_like(BUILDERS[name](), seed=4)
+    formats = []
+    for module in [*model.segments, *model.heads]:
+        module.register_forward_pre_hook(lambda m, args: formats.append(
+            args[0].is_contiguous(memory_format=torch.channels_last)))
+    paths = torch.tensor([0, 3, 1, 2, 2, 0, 1])
+    x = torch.rand(len(paths), 3, 12, 12)
+    with torch.no_grad():
+        fast = model.forward_paths(x.contiguous(memory_format=torch.channels_last), paths)
+        assert formats and all(formats)
+        torch.testing.assert_close(fast, model.forward_paths(x, paths), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
 def test_forward_paths_backward_reaches_only_the_used_heads(name: str) -> None:
     model = _trained_like(BUILDERS[name]()).train()
     out = model.forward_paths(torch.rand(3, 3, 12, 12), torch.tensor([0, 3, 1]))
@@ -286,6 +303,19 @@ def test_blank_score_on_a_photo(astronaut: np.ndarray) -> None:
         lap = (gray[:-2, 1:-1] + gray[2:, 1:-1] + gray[1:-1, :-2] + gray[1:-1, 2:]
                - 4 * gray[1:-1, 1:-1])
         assert abs(float(blank_score(_patch(astronaut, y, x))) - np.abs(lap).mean()) < 0.05
+
+
+def test_blank_score_is_exact_integer_arithmetic() -> None:
+    """Bit-equal to int64 numpy on random uint8 patches (gray rounded half up, exactly)."""
+    rng = np.random.default_rng(3)
+    u8 = rng.integers(0, 256, size=(64, 3, 12, 12))
+    u8[:8, :, 5, 5] = (0, 0, 250)  # 114 * 250 + 500 = 29000: a gray exactly on a boundary
+    gray = (299 * u8[:, 0] + 587 * u8[:, 1] + 114 * u8[:, 2] + 500) // 1000
+    lap = (gray[:, :-2, 1:-1] + gray[:, 2:, 1:-1] + gray[:, 1:-1, :-2] + gray[:, 1:-1, 2:]
+           - 4 * gray[:, 1:-1, 1:-1])
+    want = np.abs(lap).sum(axis=(1, 2)) / 100
+    got = blank_score(torch.from_numpy(u8).float() / 255)
+    assert np.array_equal(got.numpy(), want.astype(np.float32))
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
