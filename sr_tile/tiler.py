@@ -144,7 +144,7 @@ class TileConfig:
         return py.count * px.count
 
 
-def _to_float(block: np.ndarray) -> torch.Tensor:
+def to_float(block: np.ndarray) -> torch.Tensor:
     """(h, w, C) integer or float block -> (C, h, w) float32 in [0, 1]."""
     t = torch.from_numpy(np.ascontiguousarray(block))
     if block.dtype == np.uint8:
@@ -190,7 +190,7 @@ def tile_batches(
     where: list[tuple[int, int]] = []
     tiles: list[torch.Tensor] = []
     for i, y0 in enumerate(py.starts):
-        band = _to_float(image[y0 : y0 + py.tile])  # one conversion per tile row
+        band = to_float(image[y0 : y0 + py.tile])  # one conversion per tile row
         for j, x0 in enumerate(px.starts):
             where.append((i, j))
             tiles.append(band[:, :, x0 : x0 + px.tile])

@@ -126,14 +126,44 @@ def test_routed_upscale_counts_what_ran(tmp_path, varied_weights, astronaut):
     assert len(paths) == report.tiles and len(set(paths)) > 1  # routing really varied
     model = up.model
     costs = model.backbone.path_flops(32, 32)
-    est = model.estimator_flops(32, 32)
-    assert report.flops == sum(costs[p] for p in paths) + est * len(paths)
+    # the estimator reads the image once as a 120x144 map (rows, columns down to a multiple of
+    # 8) in 4x5 blocks of 32x32 (zero-padded), and the 5 tiles of the last column (start 118,
+    # off the 8 px grid) one by one: 25 tiles' worth instead of 30
+    est = (4 * 5 + 5) * model.estimator_flops(32, 32)
+    assert len(paths) == 30
+    assert report.flops == sum(costs[p] for p in paths) + est
     assert report.flops_static == costs[3] * len(paths)
     assert sum(report.exits.values()) == pytest.approx(1.0)
     assert report.exits["full"] == pytest.approx(paths.count(3) / len(paths))
     assert paths[0] == 0  # the top-left tile is flat
     with Image.open(tmp_path / "map.png") as im:
         assert im.width == 150 and im.height > 120
+
+
+@pytest.mark.parametrize("tile", [32, 36])
+@pytest.mark.parametrize("channels", [3, 1])
+def test_whole_image_estimates_equal_tile_by_tile(varied_weights, astronaut, tile, channels):
+    """prepare() reads the image once (a sub-tile map + prefix sums of the Laplacian); every
+    tile must get what the estimator and the blank test give on that tile alone: tiles on the
+    8 px grid, the last row and column off it (117 x 150), and a tiling with no tile on it."""
+    from sr_tile.tiler import tile_batches
+
+    picture = astronaut[40:157, 150:300].copy()
+    picture[:, :50] = 128  # blank tiles
+    picture[:, 60:70] = 200  # and tiles near the threshold
+    if channels == 1:
+        picture = picture[..., :1]
+    up = Upscaler(UpscaleOptions(model="enaf-fsrcnn", weights=str(varied_weights), tile=tile,
+                                 routing=RoutingOptions(eta=0.5, gamma=1.0)))
+    runner = up.runner
+    runner.reset()
+    runner.prepare(picture, up.tiling)
+    u, blank = runner.take_estimates(up.tiling.count(*picture.shape[:2]))
+    tiles = torch.cat([batch for _, batch in tile_batches(picture, up.tiling)])
+    with torch.no_grad():
+        want_u, want_blank = up.model.estimate(tiles.expand(-1, 3, -1, -1))
+    torch.testing.assert_close(u, want_u, atol=1e-3, rtol=0)
+    assert torch.equal(blank, want_blank) and 0 < int(blank.sum()) < len(blank)
 
 
 @pytest.mark.parametrize("budget", [0.25, 0.6])

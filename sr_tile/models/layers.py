@@ -26,7 +26,8 @@ from sr_tile.ops import PixelShuffle, pixel_shuffle
 __all__ = [
     "BLANK_THRESHOLD", "ConvAct", "DeconvHead", "MultiExitSR", "PSNREstimator", "ResidualBlock",
     "SubPixelConvTranspose2d", "UpsampleHead", "bicubic", "blank_score", "combine_psnr",
-    "exits_descriptor", "is_blank", "make_act", "small_init_", "upsample_factors", "zero_init_",
+    "exits_descriptor", "gray_u8", "is_blank", "laplacian_abs", "make_act", "small_init_",
+    "upsample_factors", "zero_init_",
 ]
 
 BLANK_THRESHOLD = 10.0  # ENAF's epsilon: a patch is blank when its score is <= this
@@ -383,27 +384,33 @@ class PSNREstimator(nn.Module):
         """(N, P) PSNR per path of (N, 3, h, w) patches in [0, 1].
 
         ``part`` (a multiple of 4 that divides h and w): read the patch as part x part
-        sub-tiles and combine their PSNRs by their mean MSE (``combine_psnr``). Every layer
-        before the pool sees each 4x4 cell alone, so pooling the features over each
-        sub-tile's cells equals running the estimator on the sub-tiles one by one.
+        sub-tiles and combine their PSNRs by their mean MSE (``combine_psnr``).
+        """
+        if part is None:
+            y = self.conv_last(self.body(self.act(self.conv_first(x))))
+            return self.from_gains(self.fc(y.mean(dim=(2, 3))))
+        return combine_psnr(self.psnr_map(x, part).flatten(2), dim=2)
+
+    def psnr_map(self, x: torch.Tensor, part: int) -> torch.Tensor:
+        """(N, P, h // part, w // part): the PSNRs of each part x part sub-tile of ``x`` on a
+        grid from its top-left corner. Every layer before the pool sees each 4x4 cell alone,
+        so pooling the features over a sub-tile's cells equals running the estimator on that
+        sub-tile alone: one map of a whole image serves every tile aligned to its grid.
         """
         y = self.conv_last(self.body(self.act(self.conv_first(x))))
-        if part is None:
-            return self.from_gains(self.fc(y.mean(dim=(2, 3))))
-        cells = F.avg_pool2d(y, part // 4)  # (N, feat, h / part, w / part)
-        n, k = cells.shape[0], cells.shape[2] * cells.shape[3]
-        u = self.from_gains(self.fc(cells.flatten(2).transpose(1, 2).reshape(n * k, -1)))
-        return combine_psnr(u.reshape(n, k, -1), dim=1)
+        cells = F.avg_pool2d(y, part // 4)  # (N, feat, h // part, w // part)
+        u = self.from_gains(self.fc(cells.permute(0, 2, 3, 1)))  # (N, h', w', P)
+        return u.permute(0, 3, 1, 2)
 
     @staticmethod
     def from_gains(y: torch.Tensor) -> torch.Tensor:
-        """(N, P) ``[p0, g1, ...]`` -> PSNR per path ``[p0, p0 + g1, ...]``."""
-        return torch.cat([y[:, :1], y[:, :1] + y[:, 1:]], dim=1)
+        """(..., P) ``[p0, g1, ...]`` -> PSNR per path ``[p0, p0 + g1, ...]``."""
+        return torch.cat([y[..., :1], y[..., :1] + y[..., 1:]], dim=-1)
 
     @staticmethod
     def to_gains(u: torch.Tensor) -> torch.Tensor:
         """The inverse of :meth:`from_gains`: PSNR per path -> ``[p0, g1, ...]``."""
-        return torch.cat([u[:, :1], u[:, 1:] - u[:, :1]], dim=1)
+        return torch.cat([u[..., :1], u[..., 1:] - u[..., :1]], dim=-1)
 
 
 def combine_psnr(u: torch.Tensor, dim: int) -> torch.Tensor:
@@ -415,22 +422,30 @@ def combine_psnr(u: torch.Tensor, dim: int) -> torch.Tensor:
 _LAPLACIAN = ((0.0, 1.0, 0.0), (1.0, -4.0, 1.0), (0.0, 1.0, 0.0))
 
 
-def blank_score(x: torch.Tensor) -> torch.Tensor:
-    """ENAF/ARM edge score of (N,3,h,w) RGB patches in [0,1] -> (N,) float32.
+def gray_u8(x: torch.Tensor) -> torch.Tensor:
+    """(N, 3, h, w) RGB in [0, 1] -> (N, h, w) gray as cv2/PIL make it from uint8: each channel
+    ``round(255x)``, then ``0.299R + 0.587G + 0.114B`` rounded half up. Every value here is an
+    integer below 2**24, so float32 is exact (the floor division by 1000 included)."""
+    u8 = torch.round(x.detach().float().clamp(0.0, 1.0) * 255.0)
+    return torch.floor((299.0 * u8[:, 0] + 587.0 * u8[:, 1] + 114.0 * u8[:, 2] + 500.0) / 1000.0)
 
-    As uint8 (``round(255x)``), gray ``0.299R + 0.587G + 0.114B`` rounded half up like
-    cv2/PIL, valid 3x3 Laplacian [[0,1,0],[1,-4,1],[0,1,0]], absolute value, mean per patch.
-    Every value from the uint8 step on is an integer below 2**24, so float32 is exact here
-    (the floor division by 1000 included), and ~3x faster than a float64 conv.
-    """
+
+def laplacian_abs(gray: torch.Tensor) -> torch.Tensor:
+    """(N, h, w) -> (N, h-2, w-2): |valid 3x3 Laplacian [[0,1,0],[1,-4,1],[0,1,0]]|, exact on
+    integer-valued input."""
+    core = gray[:, 1:-1, 1:-1]
+    return (gray[:, :-2, 1:-1] + gray[:, 2:, 1:-1] + gray[:, 1:-1, :-2] + gray[:, 1:-1, 2:]
+            - 4.0 * core).abs()
+
+
+def blank_score(x: torch.Tensor) -> torch.Tensor:
+    """ENAF/ARM edge score of (N,3,h,w) RGB patches in [0,1] -> (N,) float32: the mean
+    |Laplacian| of the patch's uint8 gray (``gray_u8``, ``laplacian_abs``), in exact arithmetic
+    (~3x faster than a float64 conv)."""
     if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] < 3 or x.shape[3] < 3:
         raise ValueError(f"expected (N,3,h,w) with h,w >= 3, got {tuple(x.shape)}")
-    u8 = torch.round(x.detach().float().clamp(0.0, 1.0) * 255.0)
-    gray = torch.floor((299.0 * u8[:, 0] + 587.0 * u8[:, 1] + 114.0 * u8[:, 2] + 500.0) / 1000.0)
-    core = gray[:, 1:-1, 1:-1]
-    edges = (gray[:, :-2, 1:-1] + gray[:, 2:, 1:-1] + gray[:, 1:-1, :-2] + gray[:, 1:-1, 2:]
-             - 4.0 * core).abs()
-    return edges.sum(dim=(1, 2)) / core[0].numel()
+    edges = laplacian_abs(gray_u8(x))
+    return edges.sum(dim=(1, 2)) / edges[0].numel()
 
 
 def is_blank(x: torch.Tensor, threshold: float = BLANK_THRESHOLD) -> torch.Tensor:

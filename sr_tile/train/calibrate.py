@@ -69,19 +69,23 @@ class SweepRunner(ExitRunner):
         self.setting: tuple[float, float] | None = None
         self.recorded: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._replayed = 0
+        self._estimator_flops = 0
 
     def prepare(self, image: np.ndarray, tiling: TileConfig) -> None:
         self._replayed = 0
         if self.setting is None:
             self.recorded.clear()
             super().prepare(image, tiling)
+            self._estimator_flops = self.flops
+        else:
+            self.flops += self._estimator_flops
 
     def run_rgb(self, x: torch.Tensor, *, routed: bool) -> torch.Tensor:
         n, (h, w) = x.shape[0], x.shape[-2:]
         costs = self.model.backbone.path_flops(h, w)
         self.flops_static += costs[-1] * n
         if self.setting is None:
-            u, blank = self._planned.popleft()
+            u, blank = self.take_estimates(n)
             outs = self.model.backbone.path_outputs(x, range(self.model.num_paths))
             self.recorded.append((u, blank, torch.stack([outs[p] for p in sorted(outs)])))
             self.flops += costs[-1] * n
@@ -92,7 +96,7 @@ class SweepRunner(ExitRunner):
         paths = fuse(u, blank, self.model.costs(h, w), eta=eta, gamma=gamma)
         chosen = paths.tolist()
         self.paths += chosen
-        self.flops += self.model.estimator_flops(h, w) * n + sum(costs[p] for p in chosen)
+        self.flops += sum(costs[p] for p in chosen)
         return outs[paths, torch.arange(n)]
 
 
