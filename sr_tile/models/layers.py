@@ -419,9 +419,6 @@ def combine_psnr(u: torch.Tensor, dim: int) -> torch.Tensor:
     return -k * (torch.logsumexp(-u / k, dim=dim) - math.log(u.shape[dim]))
 
 
-_LAPLACIAN = ((0.0, 1.0, 0.0), (1.0, -4.0, 1.0), (0.0, 1.0, 0.0))
-
-
 def gray_u8(x: torch.Tensor) -> torch.Tensor:
     """(N, 3, h, w) RGB in [0, 1] -> (N, h, w) gray as cv2/PIL make it from uint8: each channel
     ``round(255x)``, then ``0.299R + 0.587G + 0.114B`` rounded half up. Every value here is an
