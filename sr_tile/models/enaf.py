@@ -2,7 +2,9 @@
 
 This is what ``--model enaf-fsrcnn|enaf-carn|enaf-srresnet`` builds. ``forward``
 is the static backbone (the full network); routed inference goes through
-``estimate`` (per-path PSNR and blank flags) and ``backbone.forward_paths``.
+``estimate`` (per-path PSNR and blank flags of a batch of patches) and
+``backbone.forward_paths``. The upscaler's runner gets the same estimates for every tile
+of an image from one pass over the image (``sr_tile.upscale.ExitRunner``).
 """
 
 from __future__ import annotations
