@@ -143,6 +143,12 @@ class TileConfig:
         py, px = self.plans(height, width)
         return py.count * px.count
 
+    def tile_shape(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w) of the tiles a model sees for this image (padded to ``size_multiple``)."""
+        py, px = self.plans(height, width)
+        m = self.size_multiple
+        return -(-py.tile // m) * m, -(-px.tile // m) * m
+
 
 def to_float(block: np.ndarray) -> torch.Tensor:
     """(h, w, C) integer or float block -> (C, h, w) float32 in [0, 1]."""

@@ -122,7 +122,14 @@ class TileRunner:
         self.flops_static = 0
 
     def prepare(self, image: np.ndarray, tiling: TileConfig) -> None:
-        """Called once per image before its tiles; static networks need nothing."""
+        """Called once per image before its tiles, untimed: a first-time FLOPs count of the
+        tile shape happens here, not inside the timed batches (the first count of a process
+        costs ~1 s, mostly torch importing its meta-tensor machinery)."""
+        self.tile_flops(*tiling.tile_shape(image.shape[0], image.shape[1]))
+
+    def tile_flops(self, height: int, width: int) -> int:
+        """classsr FLOPs of the network on one ``height x width`` tile (linear in the batch)."""
+        return flops_cached(self.model, (1, 3, height, width), FLOPS_CONVENTION)
 
     def exit_shares(self) -> dict[str, float] | None:
         return None
@@ -133,7 +140,7 @@ class TileRunner:
 
     def run_rgb(self, x: torch.Tensor, *, routed: bool) -> torch.Tensor:
         """(N, 3, h, w) on the device -> upscaled; adds to the FLOPs tallies."""
-        flops = flops_cached(self.model, tuple(x.shape), FLOPS_CONVENTION)
+        flops = self.tile_flops(*x.shape[-2:]) * x.shape[0]
         self.flops += flops
         self.flops_static += flops
         return self.model(x)
@@ -202,8 +209,13 @@ class ExitRunner(TileRunner):
         """Estimate every tile before the first batch runs; with a budget, then pick this
         image's eta. The estimator and the blank test read the whole image once, not tile by
         tile: overlapping tiles would read most pixels ~1.8 times (see ``_estimate``)."""
+        height, width = tiling.tile_shape(image.shape[0], image.shape[1])
+        for convention in ("torch", FLOPS_CONVENTION):  # first counts here, untimed
+            self.model.costs(height, width, convention)
         if self.routing.path is not None:
             return
+        self.model.estimator_flops(height, width)
+        self.model.estimator_flops(ESTIMATOR_BLOCK, ESTIMATOR_BLOCK)
         start = time.perf_counter()
         color = image[..., : 1 if image.shape[2] in (1, 2) else 3]
         py, px = tiling.plans(color.shape[0], color.shape[1])

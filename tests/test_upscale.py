@@ -110,3 +110,39 @@ def test_tune_allocator_applies_on_glibc_only():
     glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert tune_allocator() is glibc
     assert tune_allocator(keep_mib=64) is glibc  # idempotent
+
+
+@pytest.mark.parametrize("route", [True, False])
+def test_flops_are_counted_before_the_timed_batches(monkeypatch, astronaut, route):
+    """latency_s is model compute: a first-time FLOPs count (~1 s in a fresh process) must
+    happen in prepare(), never inside the timed batches, and the counts must stay right."""
+    import sr_tile.flops
+    import sr_tile.models.enaf
+    import sr_tile.models.layers
+
+    up = Upscaler(UpscaleOptions(model="enaf-fsrcnn", route=route))
+    runner_type = type(up.runner)
+    timed = [False]
+    counted_while_timed = []
+    real_call, real_count = runner_type.__call__, sr_tile.flops.count_flops
+
+    def call(self, batch):
+        timed[0] = True
+        try:
+            return real_call(self, batch)
+        finally:
+            timed[0] = False
+
+    def count(*args, **kwargs):
+        counted_while_timed.append(timed[0])
+        return real_count(*args, **kwargs)
+
+    monkeypatch.setattr(runner_type, "__call__", call)
+    for module in (sr_tile.flops, sr_tile.models.enaf, sr_tile.models.layers):
+        monkeypatch.setattr(module, "count_flops", count)
+    sr_tile.flops.clear_flops_cache()
+    picture = astronaut[:100, :130]
+    up.upscale_whole(picture)
+    assert counted_while_timed and not any(counted_while_timed)
+    tiles = up.tiling.count(100, 130)
+    assert up.runner.flops_static == tiles * up.model.backbone.path_flops(32, 32)[-1]
