@@ -225,11 +225,11 @@ class ExitRunner(TileRunner):
                            else torch.zeros(py.count * px.count, dtype=torch.bool))
         self._next = 0
         if self.routing.budget is not None:
-            full = self.model.backbone.path_flops(py.tile, px.tile)[-1]
+            full = self.model.backbone.path_flops(height, width)[-1]
             self.eta = eta_for_budget(
-                self._u, self._blank, self.model.costs(py.tile, px.tile), gamma=self.gamma,
+                self._u, self._blank, self.model.costs(height, width), gamma=self.gamma,
                 budget=self.routing.budget, overhead=self.flops / (len(self._u) * full),
-                measure=self.model.costs(py.tile, px.tile, FLOPS_CONVENTION),
+                measure=self.model.costs(height, width, FLOPS_CONVENTION),
             )
         self.seconds += time.perf_counter() - start
 
@@ -254,9 +254,9 @@ class ExitRunner(TileRunner):
             blocks = umap[:, ry[:, None, :, None], rx[None, :, None, :]]  # (P, ny, nx, ky, kx)
             u[torch.tensor(grid_y)[:, None], torch.tensor(grid_x)[None, :]] = combine_psnr(
                 blocks.flatten(3), dim=3).permute(1, 2, 0)
-        on_grid = set(grid_x)
+        on_y, on_x = set(grid_y), set(grid_x)
         rest = [(i, j) for i in range(py.count) for j in range(px.count)
-                if i not in grid_y or j not in on_grid]
+                if i not in on_y or j not in on_x]
         for k in range(0, len(rest), ESTIMATOR_BATCH):
             where = rest[k:k + ESTIMATOR_BATCH]
             x = torch.stack([to_float(color[py.starts[i]:py.starts[i] + py.tile,
