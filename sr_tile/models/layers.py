@@ -387,9 +387,12 @@ class PSNREstimator(nn.Module):
         sub-tiles and combine their PSNRs by their mean MSE (``combine_psnr``).
         """
         if part is None:
-            y = self.conv_last(self.body(self.act(self.conv_first(x))))
-            return self.from_gains(self.fc(y.mean(dim=(2, 3))))
+            return self.from_gains(self.fc(self.features(x).mean(dim=(2, 3))))
         return combine_psnr(self.psnr_map(x, part).flatten(2), dim=2)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, feat, h // 4, w // 4): every 4x4 cell's features, each cell read alone."""
+        return self.conv_last(self.body(self.act(self.conv_first(x))))
 
     def psnr_map(self, x: torch.Tensor, part: int) -> torch.Tensor:
         """(N, P, h // part, w // part): the PSNRs of each part x part sub-tile of ``x`` on a
@@ -397,8 +400,7 @@ class PSNREstimator(nn.Module):
         so pooling the features over a sub-tile's cells equals running the estimator on that
         sub-tile alone: one map of a whole image serves every tile aligned to its grid.
         """
-        y = self.conv_last(self.body(self.act(self.conv_first(x))))
-        cells = F.avg_pool2d(y, part // 4)  # (N, feat, h // part, w // part)
+        cells = F.avg_pool2d(self.features(x), part // 4)  # (N, feat, h // part, w // part)
         u = self.from_gains(self.fc(cells.permute(0, 2, 3, 1)))  # (N, h', w', P)
         return u.permute(0, 3, 1, 2)
 
