@@ -263,6 +263,15 @@ def test_patch_psnr_matches_metrics(pairs) -> None:
         assert abs(float(got[i]) - min(ref, loop.PSNR_CAP)) < 1e-3
     flat = torch.full((1, 3, 64, 64), 0.5)
     assert float(loop.patch_psnr_y(flat, flat, SCALE)) == pytest.approx(loop.PSNR_CAP)
+    # per block: each 32x32 square's own PSNR, the patch border still left out
+    blocks = loop.patch_psnr_y(sr, hr, SCALE, block=32)
+    assert blocks.shape == (4, 2, 2)
+    for i, j in ((0, 0), (0, 1), (1, 1)):
+        rows, cols = slice(32 * i, 32 * i + 32), slice(32 * j, 32 * j + 32)
+        inner = [slice(SCALE if k == 0 else 0, 32 - SCALE if k == 1 else 32) for k in (i, j)]
+        ref = loop.patch_psnr_y(sr[:, :, rows, cols][:, :, inner[0], inner[1]],
+                                hr[:, :, rows, cols][:, :, inner[0], inner[1]], 0)
+        assert torch.allclose(blocks[:, i, j], ref, atol=1e-4)
 
 
 def test_cosine_lr() -> None:
@@ -371,13 +380,13 @@ def test_label_pool_is_resumable_and_relabels_for_another_backbone(pairs, tmp_pa
     cpu, path, size = torch.device("cpu"), tmp_path / "pool.safetensors", 300
     whole = loop.label_pool(model, sampler, size, seed=5, device=cpu)
     assert whole.lr.shape == (size, 3, 16, 16) and whole.lr.dtype == torch.uint8
-    assert whole.targets.shape == (size, model.num_paths)
+    assert whole.targets.shape == (size, model.num_paths, 2, 2)  # per 8x8 sub-tile
     # the stored uint8 patches are the ones labelled: relabelling them gives the same targets
     lr, hr = sampler.batch(loop._POOL_CHUNK, loop.step_generator(
         5, PHASES.index("estimator"), loop._POOL_STEP0), cpu)  # the first chunk's patches
     assert torch.equal(whole.lr[:8], lr[:8].mul(255).round().to(torch.uint8))
     assert torch.allclose(whole.targets[:8], loop.path_psnr_targets(model.backbone, lr[:8],
-                                                                    hr[:8]))
+                                                                    hr[:8], part=8))
 
     stop = loop.StopFlag(requested="SIGTERM")  # stops after the first chunk is saved
     with pytest.raises(KeyboardInterrupt):
@@ -407,6 +416,16 @@ def test_pool_flips_are_the_samplers_flips() -> None:
     assert len({o.numpy().tobytes() + bytes(o.shape) for o in outs}) == 8
 
 
+def test_pool_batches_flip_sub_tile_targets_with_their_patch() -> None:
+    lr = torch.randint(0, 256, (40, 3, 16, 16), dtype=torch.uint8)
+    of = lambda x: F.avg_pool2d(x[:, :1].float(), 8)  # a target map read off the patch
+    pool = loop.LabelPool(lr=lr, targets=of(lr).expand(-1, 4, -1, -1).contiguous())
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(12):  # 8 flip codes: a wrongly flipped map shows up in some of them
+        x, targets = pool.batch(6, gen, torch.device("cpu"))
+        assert torch.allclose(targets, of(x * 255.0).expand(-1, 4, -1, -1), atol=1e-4)
+
+
 def test_estimator_phase_on_a_label_pool_learns_without_running_the_backbone(
         folders, pairs, tmp_path, monkeypatch) -> None:
     cfg = tiny_config(folders, tmp_path / "run",
@@ -416,9 +435,9 @@ def test_estimator_phase_on_a_label_pool_learns_without_running_the_backbone(
     labelled: list[int] = []
     real_targets = loop.path_psnr_targets
 
-    def counting(backbone, lr, hr):
+    def counting(backbone, lr, hr, part=None):
         labelled.append(lr.shape[0])
-        return real_targets(backbone, lr, hr)
+        return real_targets(backbone, lr, hr, part)
 
     monkeypatch.setattr(loop, "path_psnr_targets", counting)
     result = loop.train_phase(model, "estimator", cfg.phases.estimator,

@@ -366,7 +366,8 @@ class PSNREstimator(nn.Module):
     ``forward`` returns ``[p0, p0 + g1, p0 + g2, ...]``. Fusion (Eq. 9) only compares paths
     of one patch, so it depends on the gains alone; a patch's absolute PSNR (20-60 dB, hard
     to predict) no longer drowns the 0-3 dB differences that decide its path. Training puts
-    an L1 loss on ``p0`` and on the gains. ``fc.bias`` starts at ``[init_psnr, 0, ...]``.
+    an L1 loss on ``p0`` and on the gains (of every sub-tile, for ENAF's ``part=8`` reading).
+    ``fc.bias`` starts at ``[init_psnr, 0, ...]``.
     """
 
     def __init__(self, *, num_paths: int = 4, in_channels: int = 3, width: int = 128,

@@ -7,8 +7,9 @@
   frozen, or train at ``frozen_lr`` (paper: 1e-8), in which case the full path's L1 joins the
   loss as in the paper's Eq. 6 so that it keeps its quality.
 * ``estimator``: backbone frozen; the estimator regresses, with L1, the PSNR-Y that every path
-  (path 0 = bicubic) reaches on each patch (outputs clamped to [0, 1], ``scale`` px border,
-  capped at :data:`PSNR_CAP` dB for flat patches), as bicubic's PSNR plus each path's gain
+  (path 0 = bicubic) reaches on each 8x8 LR sub-tile of a patch, the unit it reads at
+  inference (outputs clamped to [0, 1], the patch's ``scale`` px border left out, capped at
+  :data:`PSNR_CAP` dB for flat sub-tiles), as bicubic's PSNR plus each path's gain
   over it (see :class:`~sr_tile.models.layers.PSNREstimator`). Its output bias starts at the
   mean target of a few batches, so it does not spend thousands of steps walking to ~40 dB.
   With ``label_pool`` the targets of a fixed set of patches are computed once
@@ -79,25 +80,40 @@ def cosine_lr(step: int, total: int, base: float, lr_min: float) -> float:
 
 
 def patch_psnr_y(sr: torch.Tensor, hr: torch.Tensor, border: int,
-                 cap: float = PSNR_CAP) -> torch.Tensor:
-    """(N,) PSNR-Y (dB, 255 peak) of (N,3,H,W) batches in [0, 1]; ``sr`` is clamped first."""
+                 cap: float = PSNR_CAP, block: int | None = None) -> torch.Tensor:
+    """(N,) PSNR-Y (dB, 255 peak) of (N,3,H,W) batches in [0, 1]; ``sr`` is clamped first.
+
+    ``block``: (N, H // block, W // block), the PSNR-Y of every ``block`` x ``block`` square
+    instead (the ``border`` still left out: the edge squares average fewer pixels).
+    """
     w = torch.tensor(_Y_WEIGHTS, dtype=torch.float32, device=sr.device).view(1, 3, 1, 1)
-    y_sr = (sr.float().clamp(0.0, 1.0) * w).sum(1)
-    y_hr = (hr.float() * w).sum(1)
-    if border:
-        y_sr = y_sr[:, border:-border, border:-border]
-        y_hr = y_hr[:, border:-border, border:-border]
-    mse = (y_sr - y_hr).pow(2).mean(dim=(1, 2))
+    err = ((sr.float().clamp(0.0, 1.0) - hr.float()) * w).sum(1).pow(2)
+    inside = torch.zeros_like(err[:1])
+    inside[:, border:err.shape[1] - border, border:err.shape[2] - border] = 1.0
+    if block is None:
+        mse = (err * inside).sum(dim=(1, 2)) / inside.sum()
+    else:
+        mse = (F.avg_pool2d(err * inside, block) / F.avg_pool2d(inside, block))
     floor = 255.0 ** 2 * 10.0 ** (-cap / 10.0)
     return 10.0 * torch.log10(255.0 ** 2 / mse.clamp_min(floor))
 
 
 @torch.no_grad()
-def path_psnr_targets(backbone: MultiExitSR, lr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
-    """(N, P): the estimator's targets, every path's PSNR-Y on each patch."""
+def path_psnr_targets(backbone: MultiExitSR, lr: torch.Tensor, hr: torch.Tensor,
+                      part: int | None = None) -> torch.Tensor:
+    """(N, P): the estimator's targets, every path's PSNR-Y on each patch; with ``part``
+    (N, P, h // part, w // part), on each ``part`` x ``part`` LR sub-tile of the patch."""
     paths = range(backbone.num_paths)
     outs = backbone.path_outputs(lr, paths)
-    return torch.stack([patch_psnr_y(outs[p], hr, backbone.scale) for p in paths], dim=1)
+    block = None if part is None else part * backbone.scale
+    return torch.stack([patch_psnr_y(outs[p], hr, backbone.scale, block=block) for p in paths],
+                       dim=1)
+
+
+def estimator_targets(model: EnafSR, lr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+    """What the estimator phase regresses: every path's PSNR-Y on each sub-tile the estimator
+    reads (N, P, h', w'), or on the whole patch (N, P) when it reads the patch whole."""
+    return path_psnr_targets(model.backbone, lr, hr, model.estimator_part(*lr.shape[-2:]))
 
 
 def _to_uint8_hwc(x: torch.Tensor) -> np.ndarray:
@@ -127,9 +143,10 @@ def _dihedral(x: torch.Tensor, code: int) -> torch.Tensor:
 @dataclass
 class LabelPool:
     """Training patches labelled once for the estimator: ``lr`` (N,3,p,p) uint8 and
-    ``targets`` (N, paths), every path's PSNR-Y. PSNR does not change under a flip or a
-    transpose of the patch (the backbone was trained with them), so a batch drawn from the
-    pool is flipped/transposed at random."""
+    ``targets`` (:func:`estimator_targets`: (N, paths, p', p') per sub-tile, or (N, paths)),
+    every path's PSNR-Y. PSNR does not change under a flip or a transpose of the patch (the
+    backbone was trained with them), so a batch drawn from the pool is flipped/transposed at
+    random, its sub-tile targets with it."""
 
     lr: torch.Tensor
     targets: torch.Tensor
@@ -139,7 +156,10 @@ class LabelPool:
         idx = torch.randint(0, self.lr.shape[0], (n,), generator=generator)
         code = int(torch.randint(0, 8, (1,), generator=generator))
         lr = _dihedral(self.lr[idx].float().div_(255.0), code)
-        return lr.to(device), self.targets[idx].to(device)
+        targets = self.targets[idx]
+        if targets.dim() == 4:
+            targets = _dihedral(targets, code)
+        return lr.to(device), targets.to(device)
 
 
 def _backbone_fingerprint(backbone: MultiExitSR) -> str:
@@ -163,7 +183,8 @@ def label_pool(model: EnafSR, sampler: PatchSampler, size: int, *, seed: int,
     ``on_progress(done, size)`` after every chunk; a stop request raises KeyboardInterrupt.
     """
     meta = {"backbone": _backbone_fingerprint(model.backbone), "seed": str(seed),
-            "lr_patch": str(sampler.lr_patch), "scale": str(sampler.scale)}
+            "lr_patch": str(sampler.lr_patch), "scale": str(sampler.scale),
+            "targets": f"sub-tile {model.estimator_part(sampler.lr_patch, sampler.lr_patch)}"}
     lrs, targets = [], []
     if path is not None and path.exists():
         with safe_open(str(path), framework="pt") as saved:
@@ -179,7 +200,7 @@ def label_pool(model: EnafSR, sampler: PatchSampler, size: int, *, seed: int,
         chunk = done // _POOL_CHUNK  # done is a multiple of the chunk until the last one
         n = min(_POOL_CHUNK, size - done)
         lr, hr = sampler.batch(n, step_generator(seed, phase, _POOL_STEP0 - chunk), device)
-        targets.append(torch.cat([path_psnr_targets(model.backbone, lr[i:i + _LABEL_BATCH],
+        targets.append(torch.cat([estimator_targets(model, lr[i:i + _LABEL_BATCH],
                                                     hr[i:i + _LABEL_BATCH]).cpu()
                                   for i in range(0, n, _LABEL_BATCH)]))
         lrs.append(lr.mul(255.0).round_().to(torch.uint8).cpu())
@@ -425,12 +446,20 @@ def _phase_loss(model: EnafSR, phase: str, lr: torch.Tensor, hr: torch.Tensor,
         paths = (1, 2, full) if trunk_trains else (1, 2)
         outs = bb.path_outputs(lr, paths)
         return torch.stack([pixel_loss(outs[p], hr) for p in paths]).sum()
-    return _estimator_loss(model, lr, path_psnr_targets(bb, lr, hr))
+    return _estimator_loss(model, lr, estimator_targets(model, lr, hr))
 
 
 def _estimator_loss(model: EnafSR, lr: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    to_gains = model.estimator.to_gains  # L1 on bicubic's PSNR and on every gain over it
-    return F.l1_loss(to_gains(model.estimator(lr)), to_gains(targets))
+    """L1 on bicubic's PSNR and on every gain over it, per sub-tile when ``targets`` are maps:
+    each sub-tile is trained on its own PSNRs, as it is read at inference, instead of the
+    combined PSNR of the patch (which says nothing of which sub-tile holds the detail)."""
+    est = model.estimator
+    if targets.dim() == 4:
+        pred = est.psnr_map(lr, lr.shape[-1] // targets.shape[-1]).movedim(1, -1)
+        targets = targets.movedim(1, -1)
+    else:
+        pred = est(lr)
+    return F.l1_loss(est.to_gains(pred), est.to_gains(targets))
 
 
 @torch.no_grad()
@@ -442,8 +471,9 @@ def _init_estimator(model: EnafSR, sampler: PatchSampler, batch_size: int, seed:
         phase = PHASES.index("estimator")
         batches = (sampler.batch(batch_size, step_generator(seed, phase, -1 - i), device)
                    for i in range(_ESTIMATOR_INIT_BATCHES))
-        targets = torch.cat([path_psnr_targets(model.backbone, lr, hr) for lr, hr in batches])
-    model.estimator.fc.bias.copy_(model.estimator.to_gains(targets).mean(0))
+        targets = torch.cat([estimator_targets(model, lr, hr) for lr, hr in batches])
+    gains = model.estimator.to_gains(targets.movedim(1, -1))
+    model.estimator.fc.bias.copy_(gains.reshape(-1, gains.shape[-1]).mean(0))
 
 
 def _label_pool(model: EnafSR, sampler: PatchSampler, size: int, *, seed: int,
