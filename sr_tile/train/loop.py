@@ -93,7 +93,7 @@ def patch_psnr_y(sr: torch.Tensor, hr: torch.Tensor, border: int,
     if block is None:
         mse = (err * inside).sum(dim=(1, 2)) / inside.sum()
     else:
-        mse = (F.avg_pool2d(err * inside, block) / F.avg_pool2d(inside, block))
+        mse = F.avg_pool2d(err * inside, block) / F.avg_pool2d(inside, block)
     floor = 255.0 ** 2 * 10.0 ** (-cap / 10.0)
     return 10.0 * torch.log10(255.0 ** 2 / mse.clamp_min(floor))
 
@@ -184,7 +184,7 @@ def label_pool(model: EnafSR, sampler: PatchSampler, size: int, *, seed: int,
     """
     meta = {"backbone": _backbone_fingerprint(model.backbone), "seed": str(seed),
             "lr_patch": str(sampler.lr_patch), "scale": str(sampler.scale),
-            "targets": f"sub-tile {model.estimator_part(sampler.lr_patch, sampler.lr_patch)}"}
+            "part": str(model.estimator_part(sampler.lr_patch, sampler.lr_patch))}
     lrs, targets = [], []
     if path is not None and path.exists():
         with safe_open(str(path), framework="pt") as saved:
