@@ -426,6 +426,40 @@ def test_pool_batches_flip_sub_tile_targets_with_their_patch() -> None:
         assert torch.allclose(targets, of(x * 255.0).expand(-1, 4, -1, -1), atol=1e-4)
 
 
+def test_sub_tile_targets_teach_the_estimator_where_the_detail_is() -> None:
+    """Flat patches with noise in one 8x8 sub-tile, labelled low there only: trained on such
+    maps (flipped with their patches), the estimator's map puts the low PSNR where the noise is.
+    """
+    torch.manual_seed(0)
+    model = create_model("enaf-fsrcnn", scale=SCALE, weights=False)
+    gen, cpu = torch.Generator().manual_seed(0), torch.device("cpu")
+
+    def patches(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        lr = torch.full((n, 3, 16, 16), 128, dtype=torch.uint8)
+        where = torch.randint(0, 4, (n,), generator=gen)
+        targets = torch.full((n, 4, 2, 2), 50.0)
+        for k, (i, j) in enumerate(divmod(int(w), 2) for w in where):
+            lr[k, :, 8 * i:8 * i + 8, 8 * j:8 * j + 8] = torch.randint(
+                0, 256, (3, 8, 8), generator=gen, dtype=torch.uint8)
+            targets[k, :, i, j] = torch.tensor([25.0, 27.0, 28.0, 29.0])
+        return lr, targets, where
+
+    lr, targets, _ = patches(256)
+    pool = loop.LabelPool(lr=lr, targets=targets)
+    optimizer = torch.optim.Adam(model.estimator.parameters(), lr=1e-3)
+    for _ in range(200):
+        loss = loop._estimator_loss(model, *pool.batch(32, gen, cpu))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    held_out, _, where = patches(64)
+    with torch.no_grad():
+        u = model.estimator.psnr_map(held_out.float() / 255.0, 8)  # (N, paths, 2, 2)
+    assert float((u[:, 0].flatten(1).argmin(1) == where).float().mean()) > 0.9
+    gains = (u[:, 1:] - u[:, :1]).flatten(2)  # the noisy sub-tile gains most from a network
+    assert float((gains[:, -1].argmax(1) == where).float().mean()) > 0.9
+
+
 def test_estimator_phase_on_a_label_pool_learns_without_running_the_backbone(
         folders, pairs, tmp_path, monkeypatch) -> None:
     cfg = tiny_config(folders, tmp_path / "run",
