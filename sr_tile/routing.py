@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sr_tile.errors import ConfigError
+from sr_tile.errors import ConfigError, UsageError
 
 # Presets trade PSNR for FLOPs like the paper's ENAF-L/M/S. Each is an (eta,
 # gamma) pair calibrated on training images for each shipped model and stored in
@@ -44,15 +44,15 @@ class RoutingOptions:
 
     def __post_init__(self) -> None:
         if self.preset is not None and self.preset.upper() not in DEFAULT_PRESETS:
-            raise ConfigError(f"--preset must be one of L, M, S, not {self.preset!r}")
+            raise UsageError(f"--preset must be one of L, M, S, not {self.preset!r}")
         if self.budget is not None and not 0.0 < self.budget <= 1.0:
-            raise ConfigError(f"--budget must be in (0, 1], got {self.budget}")
+            raise UsageError(f"--budget must be in (0, 1], got {self.budget}")
         if self.eta is not None and self.eta < 0:
-            raise ConfigError(f"--eta must be >= 0, got {self.eta}")
+            raise UsageError(f"--eta must be >= 0, got {self.eta}")
         if sum(x is not None for x in (self.eta, self.preset, self.budget, self.path)) > 1:
-            raise ConfigError("give at most one of --eta, --preset and --budget")
+            raise UsageError("give at most one of --eta, --preset and --budget")
         if self.path is not None and self.path < 0:
-            raise ConfigError(f"path must be >= 0, got {self.path}")
+            raise UsageError(f"path must be >= 0, got {self.path}")
 
     def resolve(self, presets: dict[str, dict[str, float]]) -> tuple[float, float]:
         """(eta, gamma): explicit values win, the rest comes from the preset (M by default)."""

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sr_tile.errors import ConfigError
+from sr_tile.errors import UsageError
 
 TileFn = Callable[[torch.Tensor], torch.Tensor]
 BAND_ROWS = 256  # output rows normalised and converted at a time
@@ -122,15 +122,15 @@ class TileConfig:
         tile = default_tile if tile is None else tile
         overlap = default_overlap if overlap is None else overlap
         if tile <= 0 or overlap < 0 or batch_size <= 0:
-            raise ConfigError("--tile and --batch-size must be positive, --overlap >= 0")
+            raise UsageError("--tile and --batch-size must be positive, --overlap >= 0")
         tile = -(-tile // size_multiple) * size_multiple
         if overlap <= 2 * margin:
-            raise ConfigError(
+            raise UsageError(
                 f"--overlap {overlap} is too small: this model needs more than {2 * margin} "
                 f"(its outputs within {margin} px of a tile edge are discarded)"
             )
         if overlap >= tile:
-            raise ConfigError(f"--overlap {overlap} must be smaller than --tile {tile}")
+            raise UsageError(f"--overlap {overlap} must be smaller than --tile {tile}")
         return cls(tile, overlap, margin, size_multiple, batch_size)
 
     def plans(self, height: int, width: int) -> tuple[TilePlan, TilePlan]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,12 +20,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sr_tile.errors import ConfigError, ImageWriteError
+from sr_tile.errors import ImageWriteError, UsageError
 from sr_tile.flops import flops_cached
 from sr_tile.imresize import imresize
 from sr_tile.io import (
     DEFAULT_MAX_PIXELS,
     WriteOptions,
+    canonical_format,
     output_format_for,
     read_image,
     write_image,
@@ -57,6 +59,23 @@ class UpscaleOptions:
     routing: RoutingOptions = field(default_factory=RoutingOptions)
     route: bool = True  # False: run a routed model as its static backbone (baseline rows)
     weights: str | None = None  # a weights file instead of the shipped one
+
+    def __post_init__(self) -> None:
+        """Bad values are usage errors, found before a model is loaded or a file read."""
+        if self.alpha not in ("bicubic", "model"):
+            raise UsageError(f"--alpha must be bicubic or model, not {self.alpha!r}")
+        if self.max_pixels is not None and self.max_pixels <= 0:
+            raise UsageError(f"--max-pixels must be positive, not {self.max_pixels}")
+        if self.scale <= 0:
+            raise UsageError(f"--scale must be positive, not {self.scale}")
+        for name in ("tile", "batch_size"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be positive, "
+                                 f"not {getattr(self, name)}")
+        if self.overlap is not None and self.overlap < 0:
+            raise UsageError(f"--overlap must be >= 0, not {self.overlap}")
+        if self.fmt is not None:
+            canonical_format(self.fmt)
 
 
 @dataclass
@@ -351,9 +370,9 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError("--device cuda: no CUDA GPU is available to torch on this machine")
+            raise UsageError("--device cuda: no CUDA GPU is available to torch on this machine")
         return torch.device(name)
-    raise ConfigError(f"unknown device {name!r}; use cpu or cuda")
+    raise UsageError(f"unknown device {name!r}; use cpu or cuda")
 
 
 def _with_constant_alpha(bands: Iterator[np.ndarray], value) -> Iterator[np.ndarray]:
@@ -367,8 +386,6 @@ class Upscaler:
 
     def __init__(self, options: UpscaleOptions | None = None) -> None:
         self.options = options = options or UpscaleOptions()
-        if options.alpha not in ("bicubic", "model"):
-            raise ConfigError(f"--alpha must be bicubic or model, not {options.alpha!r}")
         self.device = resolve_device(options.device)
         self.model = create_model(
             options.model, scale=options.scale, weights=options.weights or True
@@ -389,6 +406,11 @@ class Upscaler:
             )
         else:
             self.runner = TileRunner(self.model, device=self.device, alpha=options.alpha)
+
+    @property
+    def routed(self) -> bool:
+        """Whether tiles take different paths (so an exit map means something)."""
+        return isinstance(self.runner, ExitRunner)
 
     def tile_count(self, width: int, height: int) -> int:
         return self.tiling.count(height, width)
@@ -427,14 +449,23 @@ class Upscaler:
     ) -> ImageReport:
         """Read ``src``, upscale, write ``dst`` atomically; raise SrTileError on bad input.
 
-        ``on_start(total_tiles)`` is called once the image is decoded. ``exit_map``:
-        for routed models, also write a picture of the path taken by every tile.
+        ``on_start(total_tiles)`` is called once the image is decoded; ``on_warning`` gets
+        each warning line (what the decoder reported, frames dropped, lossy conversions;
+        without it they are Python warnings). ``exit_map``: for routed models, also write
+        a picture of the path taken by every tile.
         """
         opts = self.options
         src, dst = Path(src), Path(dst)
         start = time.perf_counter()
-        check_output(src, dst, overwrite=opts.overwrite)
+        if exit_map is not None and not self.routed:
+            raise UsageError(f"--exit-map: {self.descriptor.name} runs every tile the same "
+                             "way; exit maps are for routed models")
+        for target in (dst, exit_map):
+            if target is not None:
+                check_not_input(src, Path(target))
         image = read_image(src, max_pixels=opts.max_pixels)
+        for line in image.warnings:
+            (on_warning or _python_warning)(line)
         fmt = output_format_for(dst, opts.fmt, image.meta.format)
         h, w = image.height, image.width
         s = opts.scale
@@ -455,7 +486,7 @@ class Upscaler:
             on_warning=on_warning,
         )
         shares = self.runner.exit_shares()
-        if exit_map is not None and shares is not None:
+        if exit_map is not None:
             from sr_tile.exitmap import write_exit_map
 
             write_exit_map(exit_map, image.pixels, self.tiling, self.runner.paths,
@@ -478,15 +509,20 @@ class Upscaler:
             eta=self.runner.eta,
             gamma=self.runner.gamma,
             exits=shares,
-            exit_map=str(exit_map) if exit_map is not None and shares is not None else None,
+            exit_map=str(exit_map) if exit_map is not None else None,
         )
 
 
-def check_output(src: Path, dst: Path, *, overwrite: bool) -> None:
-    """Refuse before any work: the input is never overwritten, an output only if asked."""
-    if dst.exists() and src.exists() and os.path.samefile(src, dst):
-        raise ImageWriteError(f"{dst}: output would overwrite the input; choose another name")
-    if dst.exists() and not overwrite:
-        raise ImageWriteError(f"{dst}: exists; pass --overwrite to replace it")
-    if dst.is_dir():
-        raise ImageWriteError(f"{dst}: is a directory")
+def check_not_input(src: Path, dst: Path) -> None:
+    """The input is never overwritten, whatever the flags (the writer checks the rest)."""
+    try:
+        same = dst.exists() and src.exists() and os.path.samefile(src, dst)
+    except OSError:
+        return  # a path that cannot be used fails in the writer, with its own message
+    if same:
+        raise ImageWriteError(f"{dst}: is the input of this job and is never replaced; "
+                              "choose another name")
+
+
+def _python_warning(message: str) -> None:
+    warnings.warn(message, UserWarning, stacklevel=3)

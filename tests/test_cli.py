@@ -130,14 +130,33 @@ def test_existing_output_needs_overwrite_and_input_is_never_overwritten(tmp_path
 
 
 def test_domain_and_usage_errors(tmp_path, small_png):
-    result = run("upscale", small_png, "--model", "nope")
-    assert result.exit_code == 1 and "unknown model" in result.stderr
-    result = run("upscale", small_png, "--overlap", "1")
-    assert result.exit_code == 1 and "--overlap" in result.stderr
+    """Bad option values are usage errors: one line naming the option, exit 2, nothing
+    written; a bad file is exit 1."""
+    before = listing(tmp_path)
+    for args, words in [
+        (("--model", "nope"), "unknown model"),
+        (("--overlap", "1"), "--overlap"),
+        (("--max-pixels", "0"), "--max-pixels"),
+        (("--tile", "0"), "--tile"),
+        (("--quality", "101"), "quality"),
+        (("--format", "gif"), "unknown output format"),
+        (("--alpha", "x"), "--alpha"),
+        (("--preset", "Q"), "--preset"),
+        (("-o", tmp_path / "x.gif"), "cannot write .gif"),
+        (("-o", tmp_path / "x.jpg", "-f", "png"), "names a JPEG file"),
+        (("-o", f"{tmp_path}/sub/"), "names a folder"),
+        (("-m", "bicubic", "--exit-map", tmp_path / "m.png", "-o", tmp_path / "y.png"),
+         "routed models"),
+    ]:
+        result = run("upscale", small_png, *args)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.exit_code == 2, (args, result.output)
+        assert len(lines) == 1 and words in lines[0], (args, lines)
+    assert listing(tmp_path) == before
     assert run("upscale", small_png, "--no-such-flag").exit_code == 2
     assert run("upscale").exit_code == 2
     result = run("upscale", small_png, small_png.with_name("other.png"), "-o", tmp_path / "x.png")
-    assert result.exit_code == 1
+    assert result.exit_code == 2 and "-o names one file" in result.stderr
 
 
 def test_debug_shows_traceback_only_when_asked(tmp_path):
@@ -197,7 +216,7 @@ def test_routed_model_flags_exit_map_and_report(tmp_path, astronaut):
     assert (tmp_path / "map.png").is_file()
     result = run("upscale", src, "-m", "enaf-fsrcnn", "--weights", weights, "--eta", "1",
                  "--budget", "0.5", "-o", tmp_path / "p.png")
-    assert result.exit_code == 1 and "at most one of" in result.stderr
+    assert result.exit_code == 2 and "at most one of" in result.stderr
     result = run("upscale", src, "-m", "enaf-carn", "--weights", weights, "-o", tmp_path / "q.png")
     assert result.exit_code == 1 and "not enaf-carn" in result.stderr
 

@@ -19,7 +19,7 @@ import tifffile
 from PIL import Image, ImageCms, ImageOps
 from skimage import data
 
-from sr_tile.errors import ImageReadError, ImageWriteError
+from sr_tile.errors import ImageReadError, ImageWriteError, UsageError
 from sr_tile.io import (
     DEFAULT_MAX_PIXELS,
     WRITABLE_FORMATS,
@@ -777,17 +777,19 @@ def test_format_errors_and_warnings_before_any_band(tmp_path):
     rgba = {"channels": 4}
     for path, kwargs, words in [
         (tmp_path / "a.jpg", rgba, "cannot store alpha"),
-        (tmp_path / "b.png", {"fmt": "gif"}, "unknown output format"),
         (tmp_path / "c.webp", {"width": 20_000}, "16383"),
         (tmp_path / "d.tif", {"options": WriteOptions(tiff_compression="lzw")}, "imagecodecs"),
-        (tmp_path / "e.tif", {"options": WriteOptions(tiff_tile=100)}, "multiple of 16"),
-        (tmp_path / "f.jpg", {"options": WriteOptions(jpeg_quality=0)}, "jpeg quality"),
         (tmp_path / "nodir" / "g.png", {}, "does not exist"),
     ]:
         with pytest.raises(ImageWriteError) as exc:
             write_rgb(path, never(), **kwargs)
         assert_one_line(exc, path, words)
     assert listing(tmp_path) == []
+    for kwargs, words in [({"tiff_tile": 100}, "multiple of 16"), ({"jpeg_quality": 0}, "jpeg quality")]:
+        with pytest.raises(UsageError, match=words):
+            WriteOptions(**kwargs)
+    with pytest.raises(UsageError, match="unknown output format"):
+        write_rgb(tmp_path / "b.png", never(), fmt="gif")
 
 
 def test_16bit_and_float_to_8bit_formats_warn_and_round(tmp_path):
@@ -828,17 +830,23 @@ def test_16bit_and_float_to_8bit_formats_warn_and_round(tmp_path):
 
 
 def test_output_format_for():
-    assert output_format_for("x.png", "JPG", "PNG") == "JPEG"
-    assert output_format_for("x.png", "tif", None) == "TIFF"
+    """The suffix decides; --format must agree with it; a suffix we cannot write is refused,
+    never given another format's bytes (x.gif, x.tga, x.ppm used to get PNG)."""
+    assert output_format_for("x.jpg", "JPEG", "PNG") == "JPEG"
+    assert output_format_for("x", "tif", None) == "TIFF"
     assert output_format_for("x.webp", None, "PNG") == "WEBP"  # suffix beats input format
-    assert output_format_for("x.out", None, "TIFF") == "TIFF"
-    assert output_format_for("x.out", None, "GIF") == "PNG"
+    assert output_format_for("x", None, "TIFF") == "TIFF"
+    assert output_format_for("x", None, "GIF") == "PNG"
     assert output_format_for("x", None, None) == "PNG"
-    assert output_format_for("x.gif", None, "MPO") == "JPEG"
+    assert output_format_for("x", None, "MPO") == "JPEG"
     assert output_format_for("x.btf", None, "PNG") == "TIFF"
     assert set(WRITABLE_FORMATS) == {"PNG", "JPEG", "WEBP", "BMP", "TIFF"}
-    with pytest.raises(ImageWriteError):
-        output_format_for("x.png", "heic", None)
+    for path, fmt, words in [("x.png", "heic", "unknown output format"),
+                             ("x.png", "jpg", "names a PNG file"),
+                             ("x.gif", None, "cannot write .gif"), ("x.tga", "png", ".tga"),
+                             ("x.ppm", None, ".ppm")]:
+        with pytest.raises(UsageError, match=words):
+            output_format_for(path, fmt, "PNG")
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "TIFF"])

@@ -22,17 +22,18 @@ RGB, alpha is dropped, float images are taken as 0-1.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from sr_tile.errors import ConfigError, ImageReadError
+from sr_tile.errors import ConfigError, ImageReadError, ImageWriteError
 from sr_tile.imresize import imresize_np
 from sr_tile.io import read_image
+from sr_tile.io.atomic import write_bytes_atomic
 from sr_tile.paths import IMAGE_SUFFIXES
 
 __all__ = [
@@ -287,25 +288,12 @@ def default_cache_dir() -> Path:
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "sr-tile"
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_png_atomic(path: Path, pixels: np.ndarray, *, compress_level: int = 6) -> None:
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            Image.fromarray(pixels).save(fh, format="PNG", compress_level=compress_level)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG", compress_level=compress_level)
+    write_bytes_atomic(path, buf.getvalue())
 
 
 class LRCache:
@@ -343,8 +331,8 @@ class LRCache:
             return
         try:
             write_png_atomic(path, lr, compress_level=1)
-        except OSError as exc:
-            self.write_errors.append(f"{path}: {exc.strerror or exc}")
+        except ImageWriteError as exc:
+            self.write_errors.append(str(exc))
 
 
 def load_pair(sample: Sample, scale: int, cache: LRCache) -> Pair:

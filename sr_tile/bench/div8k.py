@@ -11,10 +11,7 @@ and each set's ``sr-tile-dataset.json`` records it.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +21,7 @@ from sr_tile.bench.datasets import image_files, make_lr, mod_crop, to_rgb8, writ
 from sr_tile.errors import ConfigError, SrTileError
 from sr_tile.imresize import imresize_np
 from sr_tile.io import read_image
+from sr_tile.io.atomic import write_json_atomic
 
 __all__ = ["ASSUMPTIONS", "DIV8K_SETS", "PROTOCOL", "PrepareReport", "SetReport",
            "find_div8k_images", "prepare_div8k"]
@@ -110,15 +108,7 @@ def _manifest(path: Path, report: SetReport, source: Path) -> None:
         "images": sorted(report.written + report.kept),
         "failed": report.failed,
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json_atomic(path, data)
 
 
 def prepare_div8k(

@@ -7,12 +7,12 @@ only when a plot is asked for.
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 from typing import Any
 
 from sr_tile.errors import ConfigError
+from sr_tile.io.atomic import write_bytes_atomic
 
 __all__ = ["plot_psnr_flops"]
 
@@ -148,17 +148,11 @@ def plot_psnr_flops(report: dict[str, Any], path: str | Path) -> Path:
         ax.legend(handles=handles, fontsize=8, loc="best", framealpha=0.9)
     fig.tight_layout()
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower().lstrip(".") or "png"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".{suffix}", dir=path.parent)
-    os.close(fd)
+    buf = io.BytesIO()
     try:
-        fig.savefig(tmp, format=suffix if suffix in ("png", "pdf", "svg") else "png")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        fig.savefig(buf, format=suffix if suffix in ("png", "pdf", "svg") else "png")
     finally:
         plt.close(fig)
+    write_bytes_atomic(path, buf.getvalue())
     return path

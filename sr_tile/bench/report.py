@@ -17,9 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,7 @@ from sr_tile import __version__
 from sr_tile.bench.datasets import LR_RECIPE
 from sr_tile.bench.run import BenchResult, ImageResult, RowResult
 from sr_tile.flops import format_flops
+from sr_tile.io.atomic import write_bytes_atomic
 from sr_tile.upscale import FLOPS_CONVENTION
 
 __all__ = ["FLOPS_CONVENTION_NOTE", "image_table", "summary_table", "to_csv", "to_dict",
@@ -174,16 +173,7 @@ def to_csv(result: BenchResult) -> str:
 
 
 def write_csv(path: str | Path, result: BenchResult) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(to_csv(result))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, to_csv(result))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from sr_tile import __version__
-from sr_tile.cli._common import State, out
+from sr_tile.cli._common import State, error_line, out
 from sr_tile.cli.models import models
 from sr_tile.cli.bench import bench
 from sr_tile.cli.data import data_app
@@ -50,8 +50,30 @@ def _root(
     tune_allocator()
 
 
+def run(args: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code. A usage error (unknown option, a value
+    of the wrong type) is one line and exit code 2, like our own option checks."""
+    try:
+        code = app(args=args, standalone_mode=False)
+    except typer.Abort:
+        error_line("interrupted")
+        return 130
+    except Exception as exc:  # click's usage errors (typer vendors click: no stable class)
+        if not hasattr(exc, "format_message") or not hasattr(exc, "exit_code"):
+            raise
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ != "NoArgsIsHelpError":  # that one has printed the help
+            where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            error_line(exc.format_message() + where)
+        return exc.exit_code
+    return code if isinstance(code, int) else 0
+
+
 def main() -> None:
-    app()
+    """The console script (see sr_tile._entry, which installs the signal handlers first)."""
+    from sr_tile._entry import main as entry
+
+    entry()
 
 
-__all__ = ["app", "main"]
+__all__ = ["app", "main", "run"]

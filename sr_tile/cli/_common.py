@@ -1,20 +1,21 @@
-"""What every command shares: consoles, error handling, progress, JSON output.
+"""What every command shares: consoles, error handling, progress.
 
 Results go to stdout; progress, warnings and errors to stderr. A domain error
-(:class:`SrTileError`) is one red line and exit code 1; anything else is a bug:
-one line too, with the traceback only under ``--debug``.
+(:class:`SrTileError`) is one red line and its exit code (2 for a bad option,
+1 otherwise); anything else is a bug: one line too, with the traceback only
+under ``--debug``. Every line is passed through :func:`printable` first: file
+names and decoder messages are untrusted text and may hold terminal escapes.
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import os
-import tempfile
+import re
+import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -30,9 +31,33 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from sr_tile.errors import SrTileError
+from sr_tile.errors import Interrupted, SrTileError
 
-out = Console(highlight=False)
+
+class _Stdout:
+    """sys.stdout, with a write failure (full disk, closed pipe) turned into an error of
+    ours instead of an "internal error"."""
+
+    def write(self, text: str) -> int:
+        try:
+            return sys.stdout.write(text)
+        except OSError as exc:
+            raise SrTileError(f"cannot write to standard output ({exc.strerror or exc})") from None
+
+    def flush(self) -> None:
+        try:
+            sys.stdout.flush()
+        except OSError as exc:
+            raise SrTileError(f"cannot write to standard output ({exc.strerror or exc})") from None
+
+    def isatty(self) -> bool:
+        return sys.stdout.isatty()
+
+    def fileno(self) -> int:
+        return sys.stdout.fileno()
+
+
+out = Console(file=_Stdout(), highlight=False)  # type: ignore[arg-type]
 err = Console(stderr=True, highlight=False)
 for _console in (out, err):
     if not _console.is_terminal:  # logs and pipes: wide enough for report tables
@@ -46,12 +71,31 @@ class State:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (terminal escapes, newlines, bidi overrides) shown
+    as ``\\x1b``-style escapes: safe to print, and always one line."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+
+
 def error_line(message: str) -> None:
-    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(printable(message))}", soft_wrap=True)
 
 
 def warning_line(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+    err.print(f"[yellow]warning:[/] {escape(printable(message))}", soft_wrap=True)
+
+
+def interrupted_code(exc: BaseException) -> int:
+    """128 + the signal that stopped the run (SIGINT: 130, SIGTERM: 143, SIGHUP: 129)."""
+    return 128 + (exc.signum if isinstance(exc, Interrupted) else signal.SIGINT)
+
+
+def interrupted_message(exc: BaseException) -> str:
+    name = signal.Signals(exc.signum).name if isinstance(exc, Interrupted) else "Ctrl-C"
+    return f"interrupted ({name}); no partial output was left behind"
 
 
 def handle_errors(command: F) -> F:
@@ -67,10 +111,10 @@ def handle_errors(command: F) -> F:
             if State.debug:
                 err.print_exception()
             error_line(str(exc))
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            error_line("interrupted; no partial output was left behind")
-            raise typer.Exit(130) from None
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt as exc:  # Ctrl-C, and SIGTERM/SIGHUP (see sr_tile._entry)
+            error_line(interrupted_message(exc))
+            raise typer.Exit(interrupted_code(exc)) from None
         except Exception as exc:  # a bug: say so, briefly, unless debugging
             if State.debug:
                 err.print_exception()
@@ -78,23 +122,6 @@ def handle_errors(command: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    """Write a report atomically (temp file + rename), like images."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, default=str)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class LazyProgress:

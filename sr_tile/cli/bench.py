@@ -11,8 +11,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sr_tile.bench.datasets import LRCache, default_cache_dir, resolve_dataset
 from sr_tile.bench.report import image_table, summary_table, to_dict, write_csv
 from sr_tile.bench.run import DEFAULT_SWEEP, BenchOptions, plan_rows, run_bench
-from sr_tile.cli._common import err, error_line, handle_errors, out, warning_line, write_json
-from sr_tile.errors import ConfigError
+from sr_tile.cli._common import err, error_line, handle_errors, out, warning_line
+from sr_tile.errors import UsageError
+from sr_tile.io.atomic import write_json_atomic
 from sr_tile.models.registry import MODELS, get_entry, shipped_weights
 from sr_tile.routing import RoutingOptions
 
@@ -20,12 +21,12 @@ __all__ = ["bench", "parse_sweep", "parse_weights"]
 
 
 def parse_weights(items: list[str]) -> dict[str, str]:
-    """``NAME=FILE`` options -> {model name: file}; ConfigError on a bad item or unknown model."""
+    """``NAME=FILE`` options -> {model name: file}; UsageError on a bad item or unknown model."""
     weights: dict[str, str] = {}
     for item in items:
         name, sep, file = item.partition("=")
         if not sep or not name or not file:
-            raise ConfigError(f"--weights {item!r}: expected NAME=FILE, e.g. enaf-fsrcnn=run.safetensors")
+            raise UsageError(f"--weights {item!r}: expected NAME=FILE, e.g. enaf-fsrcnn=run.safetensors")
         get_entry(name.strip())
         weights[name.strip()] = file.strip()
     return weights
@@ -40,9 +41,9 @@ def parse_sweep(text: str | None) -> tuple[float, ...]:
     try:
         etas = tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise ConfigError(f"--sweep {text!r}: expected comma-separated etas, e.g. 0,0.5,1,2") from None
+        raise UsageError(f"--sweep {text!r}: expected comma-separated etas, e.g. 0,0.5,1,2") from None
     if not etas:
-        raise ConfigError("--sweep: no eta given")
+        raise UsageError("--sweep: no eta given")
     return tuple(dict.fromkeys(etas))
 
 
@@ -114,7 +115,7 @@ def bench(
     if model:
         stray = [n for n in weight_files if n not in model]
         if stray:
-            raise ConfigError(f"--weights names {', '.join(stray)}, which is not benchmarked "
+            raise UsageError(f"--weights names {', '.join(stray)}, which is not benchmarked "
                               f"(add --model {stray[0]})")
         models = list(model)
     else:
@@ -156,7 +157,7 @@ def bench(
         out.print(image_table(result))
     report = to_dict(result)
     if json_path is not None:
-        write_json(json_path, report)
+        write_json_atomic(json_path, report)
     if csv_path is not None:
         write_csv(csv_path, result)
     if plot_path is not None:

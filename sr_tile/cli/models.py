@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from sr_tile.cli._common import handle_errors, out, write_json
+from sr_tile.cli._common import handle_errors, out
+from sr_tile.io.atomic import write_json_atomic
 from sr_tile.models import DEFAULT_MODEL, MODELS
 
 
@@ -38,4 +39,4 @@ def models(
         )
     out.print(table)
     if json_path is not None:
-        write_json(json_path, {"models": rows})
+        write_json_atomic(json_path, {"models": rows})

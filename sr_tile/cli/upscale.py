@@ -1,9 +1,15 @@
-"""``sr-tile upscale``: upscale files, folders or globs, one bad file never stops the rest."""
+"""``sr-tile upscale``: upscale files, folders or globs; one bad file never stops the rest.
+
+Every path the run writes is decided and checked before any work (``sr_tile.paths``).
+Each job's failure, of any kind, is one line and the batch goes on; the summary and
+the ``--json`` report are written however the run ends: done, stopped by an error,
+or interrupted (Ctrl-C, SIGTERM, SIGHUP), with what finished.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.markup import escape
@@ -15,25 +21,21 @@ from sr_tile.cli._common import (
     err,
     error_line,
     handle_errors,
+    interrupted_code,
+    interrupted_message,
     out,
+    printable,
     progress_for,
     warning_line,
-    write_json,
 )
-from sr_tile.errors import SrTileError
+from sr_tile.errors import SrTileError, UsageError
 from sr_tile.flops import format_flops
 from sr_tile.io import DEFAULT_MAX_PIXELS, WriteOptions
+from sr_tile.io.atomic import write_json_atomic
 from sr_tile.models import DEFAULT_MODEL
-from sr_tile.paths import plan_jobs
+from sr_tile.paths import Job, RunPlan, plan_run
 from sr_tile.routing import RoutingOptions
 from sr_tile.upscale import ImageReport, UpscaleOptions, Upscaler
-
-
-def _exit_map_path(option: Path | None, src: Path, n_jobs: int) -> Path | None:
-    if option is None or (n_jobs == 1 and option.suffix):
-        return option
-    option.mkdir(parents=True, exist_ok=True)
-    return option / f"{src.stem}_exits.png"
 
 
 def _seconds(x: float | None) -> str:
@@ -50,7 +52,7 @@ def report_table(reports: list[ImageReport]) -> Table:
         ok = r.status == "ok"
         pct = r.flops_pct
         table.add_row(
-            escape(Path(r.input).name),
+            escape(printable(Path(r.input).name)),
             f"{r.width}x{r.height}→{r.out_width}x{r.out_height}" if ok else "",
             r.model or "",
             _seconds(r.latency_s) if ok else "",
@@ -62,6 +64,88 @@ def report_table(reports: list[ImageReport]) -> Table:
             {"ok": "[green]ok[/]", "skipped": "[yellow]skipped[/]"}.get(r.status, "[red]failed[/]"),
         )
     return table
+
+
+def _run_job(upscaler: Upscaler, job: Job, index: int, bar: Any) -> ImageReport:
+    """One job, whatever happens to it: its report, with its one-line error if it failed."""
+    if job.skip:
+        return ImageReport(str(job.src), str(job.dst), status="skipped")
+    message = job.refused
+    if message is None:
+        try:
+            for target in (job.dst, job.exit_map):
+                if target is not None:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+            return upscaler.upscale_file(
+                job.src, job.dst, on_start=bar.start_file(index, printable(job.src.name)),
+                on_tiles=bar.advance, on_warning=warning_line, exit_map=job.exit_map)
+        except UsageError:
+            raise  # a bad option is every job's problem: the run stops
+        except Exception as exc:  # noqa: BLE001 - whatever it is, this file fails alone
+            if State.debug:
+                err.print_exception()
+            message = _job_error(job, exc)
+    error_line(message)
+    return ImageReport(str(job.src), None, status="failed", error=message)
+
+
+def _job_error(job: Job, exc: Exception) -> str:
+    """One line for a job's failure, naming its file."""
+    if isinstance(exc, SrTileError):
+        return str(exc)
+    if isinstance(exc, OSError):  # a folder that cannot be made, a disk error
+        return f"{exc.filename or job.dst}: {exc.strerror or exc}"
+    if isinstance(exc, MemoryError):
+        return (f"{job.src}: not enough memory to upscale this image "
+                "(a smaller --batch-size or --tile may help)")
+    return f"{job.src}: internal error: {type(exc).__name__}: {exc} (rerun with --debug)"
+
+
+def _finish(plan: RunPlan, reports: list[ImageReport], upscaler: Upscaler | None,
+            options: UpscaleOptions, stop: BaseException | None) -> dict[str, int]:
+    """Print the table and the summary and write the ``--json`` report, however the run
+    ended. A failure here is one more error line, never a replacement for ``stop``."""
+    counts = {k: sum(r.status == k for r in reports) for k in ("ok", "failed", "skipped")}
+    counts["not_run"] = len(plan.jobs) - len(reports)
+    try:
+        if reports:
+            out.print(report_table(reports))
+        out.print(f"{counts['ok']} written, {counts['failed']} failed, {counts['skipped']} "
+                  f"skipped" + (f", {counts['not_run']} not run" if counts["not_run"] else ""))
+    except SrTileError as exc:
+        error_line(str(exc))
+        counts["failed"] += 1  # the run did not deliver what it was asked for
+    if plan.report is None:
+        return counts
+    stopped = None
+    if isinstance(stop, KeyboardInterrupt):
+        stopped = {"reason": interrupted_message(stop), "exit_code": interrupted_code(stop)}
+    elif isinstance(stop, SrTileError):
+        stopped = {"reason": str(stop), "exit_code": stop.exit_code}
+    elif stop is not None:
+        stopped = {"reason": f"internal error: {type(stop).__name__}: {stop}", "exit_code": 1}
+    images = [r.to_dict() for r in reports] + [
+        ImageReport(str(job.src), None, status="not run").to_dict()
+        for job in plan.jobs[len(reports):]]
+    try:
+        write_json_atomic(plan.report, {
+            "sr_tile_version": __version__,
+            "command": "upscale",
+            "model": upscaler.descriptor.name if upscaler else options.model,
+            "scale": options.scale,
+            "device": options.device,
+            "tile": upscaler.tiling.tile if upscaler else None,
+            "overlap": upscaler.tiling.overlap if upscaler else None,
+            "flops_convention": "classsr",
+            "images": images,
+            "skipped_inputs": plan.notes,
+            "summary": counts,
+            "stopped": stopped,
+        }, overwrite=options.overwrite)
+    except SrTileError as exc:
+        error_line(str(exc))
+        counts["failed"] += 1
+    return counts
 
 
 @handle_errors
@@ -83,6 +167,8 @@ def upscale(
         Optional[str], typer.Option("--format", "-f", help="png, jpeg, webp, bmp or tiff.")
     ] = None,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Recurse into folders.")] = False,
+    follow_links: Annotated[bool, typer.Option(
+        help="With --recursive, also search folders reached through symlinks (each once).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
     skip_existing: Annotated[
         bool, typer.Option(help="Skip inputs whose output exists (resume a batch).")
@@ -134,55 +220,23 @@ def upscale(
         routing=RoutingOptions(eta=eta, gamma=gamma, preset=preset, budget=budget),
         weights=weights,
     )
-    jobs = plan_jobs(
-        inputs, scale=scale, output=output, output_dir=output_dir, fmt=fmt, recursive=recursive
-    )
-    upscaler = Upscaler(options)
+    plan = plan_run(inputs, scale=scale, output=output, output_dir=output_dir, fmt=fmt,
+                    recursive=recursive, follow_links=follow_links, report=json_path,
+                    exit_map=exit_map, overwrite=overwrite, skip_existing=skip_existing)
+    for note in plan.notes:
+        warning_line(note)
     reports: list[ImageReport] = []
-    with progress_for(len(jobs)) as bar:
-        for index, job in enumerate(jobs, 1):
-            if skip_existing and job.dst.exists():
-                reports.append(ImageReport(str(job.src), str(job.dst), status="skipped"))
-                continue
-            try:
-                job.dst.parent.mkdir(parents=True, exist_ok=True)
-                report = upscaler.upscale_file(
-                    job.src,
-                    job.dst,
-                    on_start=bar.start_file(index, job.src.name),
-                    on_tiles=bar.advance,
-                    on_warning=warning_line,
-                    exit_map=_exit_map_path(exit_map, job.src, len(jobs)),
-                )
-            except SrTileError as exc:
-                if State.debug:
-                    err.print_exception()
-                error_line(str(exc))
-                report = ImageReport(str(job.src), None, status="failed", error=str(exc))
-            except OSError as exc:  # disk full, permissions: this file fails, the batch goes on
-                message = f"{job.dst}: {exc.strerror or exc}"
-                error_line(message)
-                report = ImageReport(str(job.src), None, status="failed", error=message)
-            reports.append(report)
-
-    out.print(report_table(reports))
-    counts = {k: sum(r.status == k for r in reports) for k in ("ok", "failed", "skipped")}
-    out.print(f"{counts['ok']} written, {counts['failed']} failed, {counts['skipped']} skipped")
-    if json_path is not None:
-        write_json(
-            json_path,
-            {
-                "sr_tile_version": __version__,
-                "command": "upscale",
-                "model": upscaler.descriptor.name,
-                "scale": scale,
-                "device": device,
-                "tile": upscaler.tiling.tile,
-                "overlap": upscaler.tiling.overlap,
-                "flops_convention": "classsr",
-                "images": [r.to_dict() for r in reports],
-                "summary": counts,
-            },
-        )
+    upscaler: Upscaler | None = None
+    stop: BaseException | None = None
+    try:
+        upscaler = Upscaler(options)
+        with progress_for(len(plan.jobs)) as bar:
+            for index, job in enumerate(plan.jobs, 1):
+                reports.append(_run_job(upscaler, job, index, bar))
+    except BaseException as exc:
+        stop = exc
+        raise
+    finally:
+        counts = _finish(plan, reports, upscaler, options, stop)
     if counts["failed"]:
         raise typer.Exit(1)

@@ -7,7 +7,13 @@ stream of row bands so 20k-pixel-wide results never need to fit in memory.
 
 from sr_tile.io.meta import ImageData, ImageMeta
 from sr_tile.io.read import DEFAULT_MAX_PIXELS, probe_size, read_image
-from sr_tile.io.write import WRITABLE_FORMATS, WriteOptions, output_format_for, write_image
+from sr_tile.io.write import (
+    WRITABLE_FORMATS,
+    WriteOptions,
+    canonical_format,
+    output_format_for,
+    write_image,
+)
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -15,6 +21,7 @@ __all__ = [
     "ImageData",
     "ImageMeta",
     "WriteOptions",
+    "canonical_format",
     "output_format_for",
     "probe_size",
     "read_image",

@@ -61,6 +61,7 @@ class ImageData:
 
     pixels: np.ndarray
     meta: ImageMeta
+    warnings: tuple[str, ...] = ()  # one line each, naming the file (decoder chatter, frames)
 
     @property
     def height(self) -> int:

@@ -2,17 +2,22 @@
 
 The format is chosen by content (magic bytes), never by extension: TIFF and
 BigTIFF go to tifffile, everything else to Pillow. Every failure a user can
-cause - missing, empty, not an image, corrupt, truncated, too large - ends
-as an `ImageReadError` whose message starts with the path, so a batch run
-can print it and move on.
+cause - missing, empty, not a regular file, not an image, corrupt, truncated,
+too large - ends as an `ImageReadError` whose message starts with the path,
+so a batch run can print it and move on. Decoders are untrusted code paths
+on untrusted bytes: any exception they raise, of any type, is such an error.
+
+Before a decoder allocates the image, its declared size is checked against
+``max_pixels`` and, for formats whose compression has a known worst-case
+ratio (PNG, GIF, BMP, TIFF without JPEG/WebP/zstd/LZMA), against the bytes
+the file really holds: a 69-byte PNG cannot hold 30000x30000 pixels, and is
+refused before Pillow allocates a gigabyte for it. What decoders print
+(warnings, log lines) is collected into the result's ``warnings``.
 """
 
 from __future__ import annotations
 
 import os
-import stat
-import struct
-import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from sr_tile.errors import ImageReadError
+from sr_tile.errors import ImageReadError, UsageError
+from sr_tile.io.atomic import file_kind
 from sr_tile.io.meta import (
     ImageData,
     ImageMeta,
@@ -32,7 +38,8 @@ from sr_tile.io.meta import (
     owned_pixels,
 )
 from sr_tile.io.pillow_read import PILLOW_LIMITS, pillow_pixels
-from sr_tile.io.png16 import find_png_exif, read_png_header
+from sr_tile.io.png16 import PngHeader, find_png_exif, read_png_header
+from sr_tile.io.quiet import library_messages, summary
 from sr_tile.io.tiff_read import probe_tiff, read_tiff
 
 DEFAULT_MAX_PIXELS = 1_000_000_000
@@ -46,17 +53,12 @@ _SIGNATURES = {
     b"GIF87a": "GIF",
     b"GIF89a": "GIF",
 }
-# What Pillow, tifffile and zlib raise on malformed or truncated data.
-_DECODE_ERRORS = (
-    OSError,
-    SyntaxError,
-    ValueError,
-    EOFError,
-    struct.error,
-    zlib.error,
-    IndexError,
-    KeyError,
-)
+# Worst-case pixels per byte of file for Pillow formats with a bounded compression ratio:
+# deflate expands at most 1032:1 (PNG: per byte of raw scanline, see _png_raw_bytes), GIF's
+# 12-bit LZW at most ~2730 pixels per byte, BMP's RLE 255 pixels per 2 bytes.
+_MAX_RATIO = {"PNG": 1032, "GIF": 4096, "BMP": 128}
+_SLACK_BYTES = 1 << 16  # tiny files are never refused by the ratio bound
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 
 SizeCheck = Callable[[int, int], None]
 
@@ -70,17 +72,21 @@ def read_image(
     pixel data is decompressed, so a decompression bomb costs nothing.
     """
     if max_pixels is not None and max_pixels <= 0:
-        raise ValueError(f"max_pixels must be positive or None, not {max_pixels}")
+        raise UsageError(f"--max-pixels must be positive, not {max_pixels}")
     path = Path(path)
     label = str(path)
-    head = _read_head(path, label)
+    head, file_size = _read_head(path, label)
     check = _size_check(label, max_pixels)
-    with PILLOW_LIMITS.unlimited(), _decode_errors(label):
+    notes: list[str] = []
+    with PILLOW_LIMITS.unlimited(), _decode_errors(label), library_messages() as chatter:
         if head.startswith(_TIFF_MAGICS):
-            pixels, meta = read_tiff(path, label, check)
+            pixels, meta = read_tiff(path, label, check, notes)
         else:
-            pixels, meta = _read_pillow(path, label, head, check)
-    return ImageData(pixels=pixels, meta=meta)
+            pixels, meta = _read_pillow(path, label, head, check, file_size, notes)
+    if pixels.dtype.kind == "f":
+        _replace_non_finite(pixels, label, notes)
+    said = summary(label, chatter)
+    return ImageData(pixels=pixels, meta=meta, warnings=tuple(notes + ([said] if said else [])))
 
 
 def probe_size(path: str | os.PathLike[str]) -> tuple[int, int]:
@@ -90,8 +96,8 @@ def probe_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     """
     path = Path(path)
     label = str(path)
-    head = _read_head(path, label)
-    with PILLOW_LIMITS.unlimited(), _decode_errors(label):
+    head, _ = _read_head(path, label)
+    with PILLOW_LIMITS.unlimited(), _decode_errors(label), library_messages():
         if head.startswith(_TIFF_MAGICS):
             return probe_tiff(path, label)
         with _open_pillow(path, label, head) as im:
@@ -104,12 +110,17 @@ def probe_size(path: str | os.PathLike[str]) -> tuple[int, int]:
 
 
 def _read_pillow(
-    path: Path, label: str, head: bytes, check: SizeCheck
+    path: Path, label: str, head: bytes, check: SizeCheck, file_size: int, notes: list[str]
 ) -> tuple[np.ndarray, ImageMeta]:
     with _open_pillow(path, label, head) as im:
         check(*im.size)
         png = read_png_header(head) if im.format == "PNG" else None
+        _check_data_size(label, im.format, *im.size, file_size, png)
         pixels, icc_override = pillow_pixels(im, label, png)
+        frames = _frame_count(im)
+        if frames != 1:
+            notes.append(f"{label}: {'animated ' if im.format != 'TIFF' else ''}{im.format} with "
+                         f"{frames or 'several'} frames; only the first is upscaled")
         icc = im.info.get("icc_profile") or None
         if icc_override is not None:
             icc = icc_override or None
@@ -133,6 +144,52 @@ def _open_pillow(path: Path, label: str, head: bytes) -> Image.Image:
         raise ImageReadError(f"{label}: not a recognised image") from None
 
 
+def _check_data_size(label: str, fmt: str | None, width: int, height: int, file_size: int,
+                     png: PngHeader | None) -> None:
+    """Refuse a header whose size the file cannot hold, before the image is allocated."""
+    ratio = _MAX_RATIO.get(str(fmt))
+    if ratio is None:
+        return
+    if png is not None:  # raw scanlines, with their filter bytes, that deflate must produce
+        bits = png.bit_depth * _PNG_CHANNELS.get(png.colour_type, 1)
+        raw = height * (1 + -(-width * bits // 8))
+    else:
+        raw = width * height
+    if raw > ratio * file_size + _SLACK_BYTES:
+        raise ImageReadError(
+            f"{label}: corrupt or truncated image (the header claims {width}x{height} pixels, "
+            f"more than {file_size:,} bytes of {fmt} data can hold)"
+        )
+
+
+def _frame_count(im: Image.Image) -> int | None:
+    """Frames in an animated or multi-page file (1 for a still image; None: several, count
+    unknown). MPO's extra frames are camera previews, not content: counted as one."""
+    if im.format == "MPO":
+        return 1
+    try:
+        if not getattr(im, "is_animated", False):
+            return 1
+        return int(im.n_frames) if im.format in ("PNG", "WEBP") else None
+    except Exception:  # noqa: BLE001 - a damaged later frame: the first one was read fine
+        return None
+
+
+def _replace_non_finite(pixels: np.ndarray, label: str, notes: list[str]) -> None:
+    """NaN -> 0 and +-inf -> the image's largest / smallest finite sample, in place, with a
+    warning: one NaN would otherwise spread through the network over whole tiles."""
+    finite = np.isfinite(pixels)
+    if finite.all():
+        return
+    n_nan = int(np.isnan(pixels).sum())
+    n_inf = int(finite.size - finite.sum()) - n_nan
+    values = pixels[finite]
+    high, low = (float(values.max()), float(values.min())) if values.size else (0.0, 0.0)
+    np.nan_to_num(pixels, copy=False, nan=0.0, posinf=high, neginf=low)
+    notes.append(f"{label}: {n_nan} NaN and {n_inf} infinite samples replaced (NaN by 0, "
+                 f"infinities by the image's largest or smallest finite value {high:g} / {low:g})")
+
+
 def _signature_kind(head: bytes) -> str | None:
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WebP"
@@ -142,16 +199,18 @@ def _signature_kind(head: bytes) -> str | None:
     return None
 
 
-def _read_head(path: Path, label: str) -> bytes:
-    """First bytes of the file, after the checks that give the clearest messages."""
+def _read_head(path: Path, label: str) -> tuple[bytes, int]:
+    """First bytes of the file and its size, after the checks that give the clearest
+    messages. Only regular files are opened: a FIFO would block, a device never end."""
     try:
         info = path.stat()
-        if stat.S_ISDIR(info.st_mode):
-            raise ImageReadError(f"{label}: is a directory, not an image file")
+        kind = file_kind(info.st_mode)
+        if kind:
+            raise ImageReadError(f"{label}: is {kind}, not an image file")
         if info.st_size == 0:
             raise ImageReadError(f"{label}: empty file")
         with open(path, "rb") as fp:
-            return fp.read(64)
+            return fp.read(64), info.st_size
     except FileNotFoundError:
         raise ImageReadError(f"{label}: no such file") from None
     except PermissionError:
@@ -173,20 +232,26 @@ def _size_check(label: str, max_pixels: int | None) -> SizeCheck:
 
 @contextmanager
 def _decode_errors(label: str) -> Iterator[None]:
-    """Turn any decoder failure into one line that names the file."""
+    """Turn any decoder failure, of any exception type, into one line that names the file
+    (tifffile raises ZeroDivisionError and TypeError on some damaged headers)."""
     try:
         yield
     except ImageReadError:
         raise
     except MemoryError:
         raise ImageReadError(f"{label}: not enough memory to decode this image") from None
-    except _DECODE_ERRORS as exc:
+    except RecursionError:
+        raise ImageReadError(f"{label}: corrupt image (nested structures too deep)") from None
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's error
         raise ImageReadError(f"{label}: corrupt or truncated image ({one_line(exc)})") from exc
 
 
 def one_line(exc: BaseException, limit: int = 200) -> str:
-    """An exception's text squeezed onto one bounded line for user messages."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    """An exception's text squeezed onto one bounded line for user messages; the type is
+    named when the text alone would mean nothing (``integer modulo by zero``)."""
+    text = " ".join(str(exc).split())
+    if not isinstance(exc, (OSError, ValueError, ImageReadError)) or not text:
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -5,10 +5,18 @@ primary decoder. Without the optional ``imagecodecs`` package tifffile
 cannot decompress LZW or JPEG; such files (very common) are then decoded
 with Pillow when that is lossless (8-bit data or 16-bit gray) and refused
 with an actionable message otherwise.
+
+Damaged files must fail fast, not hang: the IFD chain is walked by our own
+bounded reader (tifffile's page indexing, used by ``TiffFile.series``, loops
+forever on a chain that cycles after more than 100 IFDs), only the first page
+is handed to tifffile, and its strips or tiles must lie inside the file and
+hold enough bytes for the declared size before anything is decoded.
 """
 
 from __future__ import annotations
 
+import struct
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +27,7 @@ from PIL import Image
 from sr_tile.errors import ImageReadError
 from sr_tile.io.meta import ImageMeta, orient, oriented_dpi, oriented_size, owned_pixels
 from sr_tile.io.pillow_read import cmyk_array_to_rgb, pillow_pixels
+from sr_tile.io.quiet import library_messages
 
 _COMPRESSION_NAMES = {
     1: "none",
@@ -35,6 +44,14 @@ _COMPRESSION_NAMES = {
 _MINISWHITE, _MINISBLACK, _RGB, _PALETTE, _SEPARATED, _YCBCR = 0, 1, 2, 3, 5, 6
 _ASSOCIATED_ALPHA = 1
 _RESUNIT_INCH, _RESUNIT_CM = 2, 3
+# Worst-case expansion (decoded bytes per stored byte) of TIFF codecs with a known bound;
+# others (JPEG, WebP, zstd, LZMA...) are bounded by --max-pixels only.
+_MAX_RATIO = {1: 1, 32773: 128, 5: 4096, 8: 1032, 32946: 1032}
+_SLACK_BYTES = 1 << 16
+MAX_PAGES = 100_000  # IFDs counted before we stop walking the chain
+_MAX_TAGS = 4096  # more entries in one IFD than any real file has: a damaged chain
+_NEW_SUBFILE_TYPE = 254
+_REDUCED_OR_MASK = 0b101  # NewSubfileType bits: reduced-resolution copy, transparency mask
 
 
 def probe_tiff(path: Path, name: str) -> tuple[int, int]:
@@ -45,17 +62,25 @@ def probe_tiff(path: Path, name: str) -> tuple[int, int]:
 
 
 def read_tiff(
-    path: Path, name: str, check_size: Callable[[int, int], None]
+    path: Path, name: str, check_size: Callable[[int, int], None], notes: list[str]
 ) -> tuple[np.ndarray, ImageMeta]:
-    """Decode the first series' first page (level 0) to (H, W, C) and meta.
+    """Decode the first page to (H, W, C) and meta.
 
     ``name`` labels error messages; ``check_size(width, height)`` runs
-    before any pixel data is read.
+    before any pixel data is read. A file with more than one image (pages
+    that are not reduced-resolution copies or masks of the first) adds a
+    line to ``notes``: only the first is upscaled.
     """
+    with open(path, "rb") as fh:
+        images = count_images(fh)
+    if images > 1:
+        more = "+" if images >= MAX_PAGES else ""
+        notes.append(f"{name}: TIFF with {images}{more} pages; only the first is upscaled")
     with tifffile.TiffFile(path) as tif:
         page = _first_page(tif, name)
         check_size(page.imagewidth, page.imagelength)
         _check_layout(page, name)
+        _check_data(page, name, tif.filehandle.size)
         icc = _icc(page)
         try:
             pixels, icc = _to_colour_layout(_decode(page), page, icc)
@@ -76,9 +101,70 @@ def read_tiff(
 
 
 def _first_page(tif: tifffile.TiffFile, name: str) -> tifffile.TiffPage:
-    if not tif.series or not tif.series[0].keyframe:
+    page = tif.pages.first if len(tif.pages._offsets) else None  # no chain walk (see above)
+    if not isinstance(page, tifffile.TiffPage) or not page.shape or not page.size:
         raise ImageReadError(f"{name}: TIFF file contains no image")
-    return tif.series[0].keyframe
+    return page
+
+
+def count_images(fh) -> int:
+    """Images in a TIFF's IFD chain, without trusting it: stops at a loop, at an offset
+    outside the file, at an IFD with an absurd tag count, and after ``MAX_PAGES`` IFDs.
+    Reduced-resolution copies and masks (NewSubfileType) are not counted."""
+    fh.seek(0, 2)
+    size = fh.tell()
+    fh.seek(0)
+    head = fh.read(16)
+    order = "<" if head[:2] == b"II" else ">"
+    big = struct.unpack(order + "H", head[2:4])[0] == 43
+    count_fmt, entry, offset_fmt = ("Q", 20, "Q") if big else ("H", 12, "I")
+    offset = struct.unpack(order + offset_fmt, head[8:16] if big else head[4:8])[0]
+    seen: set[int] = set()
+    images = 0
+    while offset and offset not in seen and len(seen) < MAX_PAGES and offset < size:
+        seen.add(offset)
+        fh.seek(offset)
+        raw = fh.read(struct.calcsize(count_fmt))
+        if len(raw) < struct.calcsize(count_fmt):
+            break
+        n = struct.unpack(order + count_fmt, raw)[0]
+        if n > _MAX_TAGS:
+            break
+        table = fh.read(n * entry + struct.calcsize(offset_fmt))
+        if len(table) < n * entry + struct.calcsize(offset_fmt):
+            break
+        images += not _reduced_or_mask(table, n, entry, order, big) if n else 0
+        offset = struct.unpack(order + offset_fmt, table[n * entry:])[0]
+    return images
+
+
+def _reduced_or_mask(table: bytes, n: int, entry: int, order: str, big: bool) -> bool:
+    for i in range(n):
+        tag, kind = struct.unpack(order + "HH", table[i * entry:i * entry + 4])
+        if tag == _NEW_SUBFILE_TYPE and kind in (3, 4):  # SHORT or LONG, stored inline
+            start = i * entry + (12 if big else 8)
+            value = struct.unpack(order + ("H" if kind == 3 else "I"),
+                                  table[start:start + (2 if kind == 3 else 4)])[0]
+            return bool(value & _REDUCED_OR_MASK)
+    return False
+
+
+def _check_data(page: tifffile.TiffPage, name: str, file_size: int) -> None:
+    """The strips/tiles must lie inside the file and, for codecs with a bounded ratio,
+    hold enough bytes for the declared size: checked before anything is allocated."""
+    stored = 0
+    for offset, count in zip(page.dataoffsets, page.databytecounts):
+        if count and offset + count > file_size:
+            raise ImageReadError(f"{name}: corrupt or truncated image "
+                                 "(image data runs past the end of the file)")
+        stored += count
+    ratio = _MAX_RATIO.get(int(page.compression))
+    raw = page.imagelength * page.imagewidth * page.samplesperpixel * page.bitspersample // 8
+    if ratio is not None and raw > ratio * stored + _SLACK_BYTES:
+        raise ImageReadError(
+            f"{name}: corrupt or truncated image (the header claims "
+            f"{page.imagewidth}x{page.imagelength} pixels, more than its {stored:,} bytes "
+            f"of {_compression_name(page.compression)} data can hold)")
 
 
 def _check_layout(page: tifffile.TiffPage, name: str) -> None:
@@ -144,8 +230,12 @@ def _decode_with_pillow(
             f"{name}: reading {codec}-compressed {dtype} TIFF needs the imagecodecs "
             "package (pip install imagecodecs)"
         )
-    with Image.open(path) as im:
-        return pillow_pixels(im, name)
+    with library_messages(c_stderr=True) as said:  # libtiff prints straight to fd 2
+        with Image.open(path) as im:
+            result = pillow_pixels(im, name)
+    for line in said:  # passed on to the reader's own collection
+        warnings.warn(line, stacklevel=1)
+    return result
 
 
 def _to_colour_layout(

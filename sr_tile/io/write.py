@@ -21,7 +21,7 @@ from typing import BinaryIO
 import numpy as np
 import numpy.typing as npt
 
-from sr_tile.errors import ImageWriteError
+from sr_tile.errors import ImageWriteError, UsageError
 from sr_tile.io.atomic import atomic_output, check_target
 from sr_tile.io.meta import ImageMeta, icc_colour_space
 from sr_tile.io.pillow_write import (
@@ -42,7 +42,7 @@ from sr_tile.io.tiff_write import (
 )
 
 WRITABLE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF")
-_FORMAT_NAMES = {
+FORMAT_FOR_SUFFIX = {
     "png": "PNG",
     "jpg": "JPEG",
     "jpeg": "JPEG",
@@ -73,31 +73,50 @@ class WriteOptions:
     tiff_tile: int = 256
     bigtiff: bool | None = None
 
+    def __post_init__(self) -> None:
+        """Values come from CLI flags: a bad one is a usage error, before any work."""
+        ranges = {"jpeg_quality": (1, 100), "webp_quality": (0, 100), "png_compress_level": (0, 9)}
+        for name, (low, high) in ranges.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or not low <= value <= high:
+                raise UsageError(f"{name.replace('_', ' ')} must be {low}..{high}, not {value!r}")
+        if not isinstance(self.tiff_tile, int) or self.tiff_tile <= 0 or self.tiff_tile % 16:
+            raise UsageError(
+                f"TIFF tile size must be a positive multiple of 16, not {self.tiff_tile!r}")
+
 
 def output_format_for(
     path: str | os.PathLike[str], fmt: str | None, input_format: str | None
 ) -> str:
-    """The format to write ``path`` in.
+    """The format to write ``path`` in; never bytes of one format under another's name.
 
-    An explicit ``fmt`` (case-insensitive, 'jpg', 'tif'... accepted) wins.
-    Otherwise a recognised output suffix decides, so ``-o out.jpg`` never
-    gets PNG bytes; then the input's format if writable; then PNG.
+    The suffix decides (``out.jpg`` is JPEG); an explicit ``fmt`` ('jpg', 'tif'...
+    accepted) must agree with it. A suffix we cannot write (``.gif``) is refused. With
+    no suffix: ``fmt``, else the input's format if writable, else PNG.
     """
+    suffix = Path(path).suffix.lower().lstrip(".")
+    by_suffix = FORMAT_FOR_SUFFIX.get(suffix)
+    if suffix and by_suffix is None:
+        raise UsageError(f"{path}: sr-tile cannot write .{suffix} files; name it "
+                         + ", ".join(sorted(f".{s}" for s in FORMAT_FOR_SUFFIX)))
     if fmt is not None:
-        return _canonical_format(fmt, str(path))
-    by_suffix = _FORMAT_NAMES.get(Path(path).suffix.lower().lstrip("."))
+        chosen = canonical_format(fmt)
+        if by_suffix is not None and by_suffix != chosen:
+            raise UsageError(f"{path}: names a {by_suffix} file but --format asks for {chosen}; "
+                             "drop one of them")
+        return chosen
     if by_suffix is not None:
         return by_suffix
     inherited = "JPEG" if input_format == "MPO" else (input_format or "").upper()
     return inherited if inherited in WRITABLE_FORMATS else "PNG"
 
 
-def _canonical_format(fmt: str, label: str) -> str:
-    name = _FORMAT_NAMES.get(fmt.strip().lower().lstrip("."))
+def canonical_format(fmt: str) -> str:
+    """'jpg', 'TIF', '.png'... -> the format's name; UsageError for one we cannot write."""
+    name = FORMAT_FOR_SUFFIX.get(fmt.strip().lower().lstrip("."))
     if name is None:
-        raise ImageWriteError(
-            f"{label}: unknown output format {fmt!r}; choose png, jpeg, webp, bmp or tiff"
-        )
+        raise UsageError(f"--format {fmt!r}: unknown output format; "
+                         "choose png, jpeg, webp, bmp or tiff")
     return name
 
 
@@ -141,7 +160,7 @@ def write_image(
     if options.bigtiff is None and path.suffix.lower() in _BIGTIFF_SUFFIXES:
         options = dataclasses.replace(options, bigtiff=True)
     plan = _make_plan(
-        _canonical_format(fmt, label),
+        canonical_format(fmt),
         width,
         height,
         channels,
@@ -223,20 +242,9 @@ def _make_plan(
 
 
 def _check_options(options: WriteOptions, fmt: str, meta: ImageMeta, label: str) -> None:
-    """Option values come from CLI flags, so bad ones are user errors."""
-    ranges = {"jpeg_quality": (1, 100), "webp_quality": (0, 100), "png_compress_level": (0, 9)}
-    for field, (low, high) in ranges.items():
-        value = getattr(options, field)
-        if not isinstance(value, int) or not low <= value <= high:
-            raise ImageWriteError(
-                f"{label}: {field.replace('_', ' ')} must be {low}..{high}, not {value!r}"
-            )
+    """What only this format can refuse (the values themselves are checked on creation)."""
     if fmt != "TIFF":
         return
-    if not isinstance(options.tiff_tile, int) or options.tiff_tile <= 0 or options.tiff_tile % 16:
-        raise ImageWriteError(
-            f"{label}: TIFF tile size must be a positive multiple of 16, not {options.tiff_tile!r}"
-        )
     problem = compression_problem(choose_compression(options.tiff_compression, meta.compression))
     if problem is not None:
         raise ImageWriteError(f"{label}: {problem}")

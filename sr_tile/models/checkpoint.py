@@ -12,11 +12,12 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from sr_tile import __version__
 from sr_tile.errors import ConfigError
+from sr_tile.io.atomic import write_bytes_atomic
 
 FORMAT = "sr-tile-weights-1"
 
@@ -36,10 +37,8 @@ def save_weights(model: nn.Module, path: str | Path, *, name: str, scale: int,
 
 def save_safetensors(tensors: dict[str, torch.Tensor], path: Path,
                      metadata: dict[str, str]) -> None:
-    """Write a safetensors file whole or not at all: a hidden sibling, then a rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    """Write a safetensors file whole or not at all (``io.atomic``)."""
+    write_bytes_atomic(path, save(tensors, metadata=metadata))
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

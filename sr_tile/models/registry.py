@@ -14,7 +14,7 @@ from pathlib import Path
 
 from torch import nn
 
-from sr_tile.errors import ConfigError
+from sr_tile.errors import ConfigError, UsageError
 from sr_tile.models import enaf_carn, enaf_fsrcnn, enaf_srresnet
 from sr_tile.models.bicubic import Bicubic
 from sr_tile.models.checkpoint import load_weights
@@ -69,7 +69,7 @@ def get_entry(name: str) -> ModelEntry:
         return MODELS[name]
     except KeyError:
         known = ", ".join(sorted(MODELS))
-        raise ConfigError(f"unknown model {name!r}; known models: {known}") from None
+        raise UsageError(f"unknown model {name!r}; known models: {known}") from None
 
 
 def weights_dir() -> Path:
@@ -102,7 +102,7 @@ def create_model(
     entry = get_entry(name)
     if scale not in entry.scales:
         supported = ", ".join(f"x{s}" for s in entry.scales)
-        raise ConfigError(f"model {name} supports {supported}, not x{scale}")
+        raise UsageError(f"model {name} supports {supported}, not x{scale}")
     model = entry.factory(scale=scale)
     needs_weights = any(True for _ in model.parameters())
     if weights is True and needs_weights:

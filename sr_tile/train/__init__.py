@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from sr_tile.errors import ConfigError
+from sr_tile.errors import UsageError
 from sr_tile.train.config import (PHASES, DataConfig, PhaseConfig, PhasesConfig, TrainConfig,
                                   load_config, scale_steps)
 from sr_tile.train.loop import TrainingInterrupted, evaluate, train_phase
@@ -55,7 +55,7 @@ def get_family(name: str) -> TrainFamily:
     try:
         return FAMILIES[name]
     except KeyError:
-        raise ConfigError(f"unknown model family {name!r}; trainable families: "
+        raise UsageError(f"unknown model family {name!r}; trainable families: "
                           f"{', '.join(sorted(FAMILIES))}") from None
 
 
@@ -63,6 +63,6 @@ def default_config(family: str, backbone: str) -> Path:
     """The packaged config of ``family``'s ``backbone``."""
     fam = get_family(family)
     if backbone not in fam.backbones:
-        raise ConfigError(f"unknown {family} backbone {backbone!r}; choose "
+        raise UsageError(f"unknown {family} backbone {backbone!r}; choose "
                           f"{', '.join(fam.backbones)}")
     return Path(str(resources.files("sr_tile.train") / "configs" / fam.backbones[backbone]))

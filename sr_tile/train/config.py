@@ -23,7 +23,7 @@ from typing import Any, Union
 
 import yaml
 
-from sr_tile.errors import ConfigError
+from sr_tile.errors import ConfigError, UsageError
 
 __all__ = [
     "PHASES", "DataConfig", "PhaseConfig", "PhasesConfig", "TrainConfig", "config_to_dict",
@@ -275,11 +275,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"--set {text!r}: expected key=value, e.g. phases.backbone.steps=200")
+        raise UsageError(f"--set {text!r}: expected key=value, e.g. phases.backbone.steps=200")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc})") from None
+        raise UsageError(f"--set {text!r}: value is not valid YAML ({exc})") from None
     return key.split("."), value
 
 
@@ -379,7 +379,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = (), *,
 def scale_steps(cfg: TrainConfig, factor: float) -> TrainConfig:
     """Every phase's ``steps`` multiplied by ``factor`` (at least 1 step), for quick runs."""
     if not factor > 0 or not math.isfinite(factor):
-        raise ConfigError(f"--steps-scale must be > 0, got {factor}")
+        raise UsageError(f"--steps-scale must be > 0, got {factor}")
     phases = {
         name: dataclasses.replace(p, steps=max(1, round(p.steps * factor)) if p.steps else 0)
         for name in PHASES for p in [cfg.phases.get(name)]

@@ -13,9 +13,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import os
-import tempfile
+import io
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sr_tile.errors import ConfigError, SrTileError
+from sr_tile.errors import ConfigError, ImageWriteError, SrTileError
 from sr_tile.imresize import imresize_np
+from sr_tile.io.atomic import write_bytes_atomic
 
 __all__ = [
     "IMAGE_SUFFIXES", "LR_METHOD", "ImagePair", "LoadStats", "PatchSampler", "ValSet",
@@ -119,17 +120,10 @@ def _read_cached(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
 
 def _write_cached(path: Path, arr: np.ndarray) -> None:
     """Atomic: a temp file next to the target, then a rename; failures only lose the cache."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    except OSError:
-        return
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, arr, allow_pickle=False)
-        os.replace(tmp, path)
-    except OSError:
-        Path(tmp).unlink(missing_ok=True)
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    with contextlib.suppress(ImageWriteError):
+        write_bytes_atomic(path, buf.getvalue())
 
 
 def load_pairs(folder: str | Path, *, scale: int, cache_dir: str | Path | None, label: str,

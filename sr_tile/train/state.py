@@ -10,18 +10,18 @@ replaced by a single rename: a crash while saving leaves the previous checkpoint
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from sr_tile.errors import ConfigError
+from sr_tile.io.atomic import write_json_atomic
+from sr_tile.models.checkpoint import save_safetensors
 
 __all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "RunDir", "load_checkpoint", "save_checkpoint"]
 
@@ -109,34 +109,6 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
     return {"state": per_param, "param_groups": groups}
 
 
-def _atomic_save_file(tensors: dict[str, torch.Tensor], metadata: dict[str, str],
-                      path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, default=str)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer | None,
                     phase: str, step: int, total: int, done: bool,
                     history: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
@@ -150,7 +122,7 @@ def save_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Opti
              "done": done, "history": history, "extra": extra or {}}
     metadata = {"format": CHECKPOINT_FORMAT, "state": json.dumps(state),
                 "optimizer": json.dumps(optim_meta)}
-    _atomic_save_file(tensors, metadata, path)
+    save_safetensors(tensors, path, metadata)
     write_json_atomic(path.with_suffix(".json"), state)
     return path
 
