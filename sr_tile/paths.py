@@ -27,10 +27,10 @@ from pathlib import Path
 
 from sr_tile.errors import ConfigError, ImageWriteError, UsageError
 from sr_tile.io.atomic import file_kind
-from sr_tile.io.write import canonical_format, output_format_for
+from sr_tile.io.write import FORMAT_FOR_SUFFIX, canonical_format, output_format_for
 
-IMAGE_SUFFIXES = frozenset(
-    {".png", ".jpg", ".jpeg", ".jpe", ".webp", ".bmp", ".tif", ".tiff", ".btf", ".tf8"}
+IMAGE_SUFFIXES = frozenset(  # what a folder scan picks up (GIF is read, not written)
+    {".png", ".jpg", ".jpeg", ".jpe", ".webp", ".bmp", ".tif", ".tiff", ".btf", ".tf8", ".gif"}
 )
 SUFFIX_FOR_FORMAT = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}
 
@@ -96,14 +96,15 @@ def plan_run(
             raise UsageError(f"--exit-map {exit_map}: exit maps are PNG files; name it .png")
     jobs = []
     for item in inputs:
+        ext = suffix or _kept_suffix(item.path)
         if output:
             dst = Path(output)
         elif output_dir:
             rel = item.path.relative_to(item.base) if item.path.is_relative_to(item.base) \
                 else Path(item.path.name)
-            dst = Path(output_dir) / rel.with_suffix(suffix or _kept_suffix(item.path))
+            dst = Path(output_dir) / rel.with_suffix(ext)
         else:
-            dst = item.path.with_name(f"{item.path.stem}_x{scale:g}{suffix or _kept_suffix(item.path)}")
+            dst = item.path.with_name(f"{item.path.stem}_x{scale:g}{ext}")
         jobs.append(Job(item.path, dst, _exit_map_for(exit_map, item.path, len(inputs))))
     report_path = Path(report) if report is not None else None
     jobs = _check_writes(jobs, inputs, report_path, overwrite=overwrite,
@@ -112,7 +113,8 @@ def plan_run(
 
 
 def _kept_suffix(src: Path) -> str:
-    return src.suffix if src.suffix.lower() in IMAGE_SUFFIXES else ".png"
+    """The input's suffix when we write that format, else .png."""
+    return src.suffix if src.suffix.lower().lstrip(".") in FORMAT_FOR_SUFFIX else ".png"
 
 
 def _exit_map_for(option: str | os.PathLike[str] | None, src: Path, n_inputs: int) -> Path | None:
@@ -148,9 +150,9 @@ def collect_inputs(
         elif not os.path.lexists(path) and glob.has_magic(item):
             for match in sorted(glob.glob(item, recursive=recursive)):
                 if not _is_dir(Path(match)):
-                    found.append(_Input(Path(match), Path(match).parent, Path(match).is_symlink()))
+                    found.append(_Input(Path(match), Path(match).parent, os.path.islink(match)))
         else:
-            found.append(_Input(path, path.parent, path.is_symlink()))
+            found.append(_Input(path, path.parent, os.path.islink(path)))
     return _unique(found, notes), notes
 
 
@@ -238,11 +240,10 @@ def _check_writes(jobs: list[Job], inputs: list[_Input], report: Path | None, *,
             if target is not None:
                 writers.setdefault(os.path.realpath(target), []).append(index)
     if report is not None:
-        problem = _write_problem(report, input_ids, overwrite)
         clash = writers.get(os.path.realpath(report))
-        if problem is None and clash:
-            problem = (f"{report}: is also the output of {jobs[clash[0]].src}; "
-                       "choose another name for the report")
+        problem = _never_written(report, input_ids) or (
+            f"{report}: is also the output of {jobs[clash[0]].src}; choose another name for "
+            "the report" if clash else None) or _exists(report, overwrite)
         if problem is not None:
             raise ImageWriteError(problem)
     planned = []
@@ -252,33 +253,34 @@ def _check_writes(jobs: list[Job], inputs: list[_Input], report: Path | None, *,
             if target is None or reason is not None:
                 continue
             others = [jobs[i].src for i in writers[os.path.realpath(target)] if i != index]
-            if others:
-                reason = (f"{target}: would be written by this input and by "
-                          f"{', '.join(map(str, others))}; give them different names "
-                          "or folders")
-            else:
-                reason = _write_problem(target, input_ids,
-                                        overwrite or (skip_existing and target == job.dst))
-        skip = (reason is None and skip_existing and os.path.lexists(job.dst))
+            reason = _never_written(target, input_ids) or (
+                f"{target}: would be written by this input and by "
+                f"{', '.join(map(str, others))}; give them different names or folders"
+                if others else None) or _exists(
+                    target, overwrite or (skip_existing and target == job.dst))
+        skip = reason is None and skip_existing and os.path.lexists(job.dst)
         planned.append(replace(job, refused=reason, skip=skip))
     return planned
 
 
-def _write_problem(path: Path, input_ids: set[tuple[int, int]], overwrite: bool) -> str | None:
-    """Why ``path`` must not be written by this run, or None."""
+def _never_written(path: Path, input_ids: set[tuple[int, int]]) -> str | None:
+    """Why ``path`` can never be written by this run, whatever the flags, or None."""
     try:
         info = path.stat()
     except FileNotFoundError:
-        info = None  # nothing there, or a dangling link (replacing the link is fine)
+        return None  # nothing there, or a dangling link (replacing the link is fine)
     except OSError as exc:
         if exc.errno == errno.ENOTDIR:
             return f"{path}: a part of this path is a file, not a folder"
         return f"{path}: cannot use this path ({exc.strerror or exc})"
-    if info is not None:
-        if (info.st_dev, info.st_ino) in input_ids:
-            return f"{path}: is an input of this run and is never replaced; choose another name"
-        if file_kind(info.st_mode):
-            return f"{path}: is {file_kind(info.st_mode)}; sr-tile only writes regular files"
+    if (info.st_dev, info.st_ino) in input_ids:
+        return f"{path}: is an input of this run and is never replaced; choose another name"
+    if file_kind(info.st_mode):
+        return f"{path}: is {file_kind(info.st_mode)}; sr-tile only writes regular files"
+    return None
+
+
+def _exists(path: Path, overwrite: bool) -> str | None:
     if not overwrite and os.path.lexists(path):
         return f"{path}: file exists; pass --overwrite to replace it"
     return None

@@ -25,7 +25,7 @@ from sr_tile.models.registry import create_model
 from sr_tile.train import (FAMILIES, PHASES, TrainingInterrupted, default_config, load_config,
                            run_training)
 from sr_tile.train import data as train_data
-from sr_tile.train import loop, state
+from sr_tile.train import loop
 from sr_tile.io import atomic
 from sr_tile.train.config import dump_config, from_dict
 from sr_tile.train.data import PatchSampler, load_pairs, make_val_set, step_generator

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from sr_tile import __version__
-from sr_tile.cli._common import State, error_line, out
+from sr_tile.cli._common import State, error_line, out, route_library_output
 from sr_tile.cli.models import models
 from sr_tile.cli.bench import bench
 from sr_tile.cli.data import data_app
@@ -47,6 +47,7 @@ def _root(
     ] = None,
 ) -> None:
     State.debug = debug
+    route_library_output()
     tune_allocator()
 
 

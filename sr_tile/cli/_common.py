@@ -10,10 +10,12 @@ names and decoder messages are untrusted text and may hold terminal escapes.
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -86,6 +88,22 @@ def error_line(message: str) -> None:
 
 def warning_line(message: str) -> None:
     err.print(f"[yellow]warning:[/] {escape(printable(message))}", soft_wrap=True)
+
+
+class _WarningLines(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        warning_line(record.getMessage())
+
+
+def route_library_output() -> None:
+    """Python warnings and library log records that reach no reader's collection (see
+    ``sr_tile.io.quiet``) become our one-line warnings, not raw 'file.py:12: UserWarning'
+    pairs of lines."""
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+        warning_line(str(message))
+
+    warnings.showwarning = show
+    logging.lastResort = _WarningLines(logging.WARNING)
 
 
 def interrupted_code(exc: BaseException) -> int:

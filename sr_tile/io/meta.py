@@ -8,6 +8,7 @@ that decides what "the same picture, N times larger" means for metadata.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,7 +87,8 @@ class ImageData:
 
 
 def load_exif(raw: bytes) -> Image.Exif:
-    """Parse a raw EXIF block (with or without the ``Exif\\0\\0`` header)."""
+    """Parse a raw EXIF block (with or without the ``Exif\\0\\0`` header). Pillow's warnings
+    about a damaged block are left to the reader, which reports them once per file."""
     exif = Image.Exif()
     exif.load(raw)
     return exif
@@ -136,8 +138,10 @@ def exif_orientation(raw: bytes | None) -> int:
 def _exif_with_dimensions(raw: bytes, width: int, height: int) -> bytes:
     """Set PixelX/YDimension in the Exif IFD if the block already has them."""
     try:
-        exif = load_exif(raw)
-        ifd = exif.get_ifd(TAG_EXIF_IFD)
+        with warnings.catch_warnings():  # the reader has reported a damaged block already
+            warnings.simplefilter("ignore")
+            exif = load_exif(raw)
+            ifd = exif.get_ifd(TAG_EXIF_IFD)
         if TAG_PIXEL_X_DIMENSION not in ifd and TAG_PIXEL_Y_DIMENSION not in ifd:
             return raw
         ifd[TAG_PIXEL_X_DIMENSION] = int(width)

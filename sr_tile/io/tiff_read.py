@@ -164,7 +164,8 @@ def _check_data(page: tifffile.TiffPage, name: str, file_size: int) -> None:
         raise ImageReadError(
             f"{name}: corrupt or truncated image (the header claims "
             f"{page.imagewidth}x{page.imagelength} pixels, more than its {stored:,} bytes "
-            f"of {_compression_name(page.compression)} data can hold)")
+            f"of {'uncompressed' if ratio == 1 else _compression_name(page.compression)} data "
+            "can hold)")
 
 
 def _check_layout(page: tifffile.TiffPage, name: str) -> None:
