@@ -116,6 +116,14 @@ def jpeg_sof_zero() -> bytes:
     return bytes(blob)
 
 
+def jpeg_bomb() -> bytes:
+    """800 bytes whose frame header claims 30000x30000 (Pillow decoded it, into 2.7 GB)."""
+    blob = bytearray(encoded("JPEG"))
+    at = blob.index(b"\xff\xc0")
+    struct.pack_into(">HH", blob, at + 5, 30000, 30000)
+    return bytes(blob)
+
+
 def fuzzed(blob: bytes, start: int, stop: int, n: int = 6) -> bytes:
     """``n`` random bytes of ``blob[start:stop]`` replaced (deterministic)."""
     out = bytearray(blob)
@@ -169,6 +177,7 @@ def bad_files() -> dict[str, bytes]:
         "jpeg_truncated.jpg": good_jpg[: len(good_jpg) // 2],
         "jpeg_header_only.jpg": good_jpg[:20],
         "jpeg_sof_zero.jpg": jpeg_sof_zero(),
+        "jpeg_bomb.jpg": jpeg_bomb(),
         "jpeg_fuzzed.jpg": fuzzed(good_jpg, 2, 200, n=40),
         "webp_truncated.webp": encoded("WEBP")[:40],
         "gif_bomb.gif": gif_bomb(),

@@ -213,7 +213,7 @@ def test_looping_ifd_chain_is_counted_without_hanging(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["png_bomb.png", "gif_bomb.gif", "bmp_bomb.bmp",
-                                  "tiff_bomb.tif"])
+                                  "tiff_bomb.tif", "jpeg_bomb.jpg"])
 def test_header_sizes_are_checked_against_the_data(tmp_path, name):
     """A 69-byte PNG that claims 30000x30000 made Pillow allocate ~1 GB before failing."""
     path = tmp_path / name
@@ -224,12 +224,17 @@ def test_header_sizes_are_checked_against_the_data(tmp_path, name):
     assert str(exc.value).startswith(str(path)) and "claims 30000x30000" in str(exc.value)
 
 
-def test_a_real_highly_compressible_png_is_not_refused(tmp_path):
-    """The ratio bound is deflate's worst case: a flat 4000x3000 PNG (a few kB) still reads."""
-    path = tmp_path / "flat.png"
-    Image.new("RGB", (4000, 3000), (200, 120, 40)).save(path, compress_level=9)
-    assert path.stat().st_size < 60_000
-    assert read_image(path).pixels.shape == (3000, 4000, 3)
+@pytest.mark.parametrize("fmt, kwargs, limit", [
+    ("PNG", {"compress_level": 9}, 60_000), ("JPEG", {"quality": 50}, 250_000),
+    ("JPEG", {"quality": 50, "progressive": True}, 250_000), ("WEBP", {"lossless": True}, 2_000),
+    ("GIF", {}, 20_000)])
+def test_real_highly_compressible_pictures_are_not_refused(tmp_path, fmt, kwargs, limit):
+    """The ratio bounds are the codecs' worst cases: flat 4000x3000 pictures (a few kB)
+    still read."""
+    path = tmp_path / f"flat.{fmt.lower()}"
+    Image.new("RGB", (4000, 3000), (200, 120, 40)).save(path, format=fmt, **kwargs)
+    assert path.stat().st_size < limit
+    assert read_image(path).pixels.shape[:2] == (3000, 4000)
 
 
 def test_fifo_and_device_inputs_fail_at_once(tmp_path):

@@ -53,10 +53,14 @@ _SIGNATURES = {
     b"GIF87a": "GIF",
     b"GIF89a": "GIF",
 }
-# Worst-case pixels per byte of file for Pillow formats with a bounded compression ratio:
-# deflate expands at most 1032:1 (PNG: per byte of raw scanline, see _png_raw_bytes), GIF's
-# 12-bit LZW at most ~2730 pixels per byte, BMP's RLE 255 pixels per 2 bytes.
-_MAX_RATIO = {"PNG": 1032, "GIF": 4096, "BMP": 128}
+# Worst-case pixels per byte of file (PNG: raw scanline bytes per byte) for Pillow formats:
+# deflate expands at most 1032:1; GIF's 12-bit LZW at most ~2730 pixels per byte; BMP's RLE
+# 255 pixels per 2 bytes; Huffman-coded JPEG spends at least 1 bit on each 8x8 block's DC
+# coefficient (512 pixels per byte). Arithmetic-coded JPEG and WebP have no hard bound:
+# 32768 pixels per byte is far beyond any real picture (a 30000x30000 JPEG of 800 bytes
+# decoded without error, into 2.7 GB, before this check).
+_MAX_RATIO = {"PNG": 1032, "GIF": 4096, "BMP": 128, "JPEG": 512, "MPO": 512, "WEBP": 32768}
+_ARITHMETIC_SOF = frozenset({0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 _SLACK_BYTES = 1 << 16  # tiny files are never refused by the ratio bound
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 
@@ -115,7 +119,10 @@ def _read_pillow(
     with _open_pillow(path, label, head) as im:
         check(*im.size)
         png = read_png_header(head) if im.format == "PNG" else None
-        _check_data_size(label, im.format, *im.size, file_size, png)
+        ratio = _MAX_RATIO.get(str(im.format))
+        if im.format in ("JPEG", "MPO") and _jpeg_arithmetic(path):
+            ratio = _MAX_RATIO["WEBP"]
+        _check_data_size(label, im.format, *im.size, file_size, png, ratio)
         pixels, icc_override = pillow_pixels(im, label, png)
         frames = _frame_count(im)
         if frames != 1:
@@ -145,9 +152,8 @@ def _open_pillow(path: Path, label: str, head: bytes) -> Image.Image:
 
 
 def _check_data_size(label: str, fmt: str | None, width: int, height: int, file_size: int,
-                     png: PngHeader | None) -> None:
+                     png: PngHeader | None, ratio: int | None) -> None:
     """Refuse a header whose size the file cannot hold, before the image is allocated."""
-    ratio = _MAX_RATIO.get(str(fmt))
     if ratio is None:
         return
     if png is not None:  # raw scanlines, with their filter bytes, that deflate must produce
@@ -160,6 +166,21 @@ def _check_data_size(label: str, fmt: str | None, width: int, height: int, file_
             f"{label}: corrupt or truncated image (the header claims {width}x{height} pixels, "
             f"more than {file_size:,} bytes of {fmt} data can hold)"
         )
+
+
+def _jpeg_arithmetic(path: Path) -> bool:
+    """Whether a JPEG's frame is arithmetic-coded (SOF9-11, 13-15): walk the marker
+    segments from the start up to the first SOF (each step moves forward, so it ends)."""
+    with open(path, "rb") as fh:
+        fh.seek(2)
+        while True:
+            head = fh.read(4)
+            if len(head) < 4 or head[0] != 0xFF:
+                return False
+            marker = head[1]
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                return marker in _ARITHMETIC_SOF
+            fh.seek(int.from_bytes(head[2:], "big") - 2, 1)
 
 
 def _frame_count(im: Image.Image) -> int | None:

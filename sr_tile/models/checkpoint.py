@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
 from sr_tile import __version__
 from sr_tile.errors import ConfigError
-from sr_tile.io.atomic import write_bytes_atomic
+from sr_tile.io.atomic import file_kind, write_bytes_atomic
 
 FORMAT = "sr-tile-weights-1"
 
@@ -63,19 +62,27 @@ def load_weights(model: nn.Module, path: str | Path, *, name: str, scale: int,
                  strict: bool = True) -> dict[str, Any]:
     """Load ``path`` into ``model`` after checking it was made for (name, scale)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"{path}: no such weights file")
+    kind = file_kind(path.stat().st_mode)
+    if kind:
+        raise ConfigError(f"{path}: is {kind}, not a weights file")
     try:
         meta = read_metadata(path)
         state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a damaged file, whatever the parser raises
         raise ConfigError(f"{path}: not a readable safetensors file ({exc})") from None
     if meta.get("model") != name or meta.get("scale") != str(scale):
         raise ConfigError(
             f"{path}: weights are for {meta.get('model')} x{meta.get('scale')}, not {name} x{scale}"
         )
-    with torch.no_grad():
-        result = model.load_state_dict(state, strict=strict)
+    try:
+        with torch.no_grad():
+            result = model.load_state_dict(state, strict=strict)
+    except RuntimeError as exc:  # tensors of other shapes under the right name
+        first = str(exc).strip().splitlines()
+        raise ConfigError(f"{path}: its tensors do not fit {name} x{scale} "
+                          f"({first[-1].strip() if first else exc})") from None
     if strict is False and (result.missing_keys or result.unexpected_keys):
         meta["missing_keys"] = list(result.missing_keys)
     return meta
