@@ -84,7 +84,7 @@ class ImageReport:
 
     input: str
     output: str | None
-    status: str = "ok"  # ok | failed | skipped
+    status: str = "ok"  # ok | failed | skipped | not run
     error: str | None = None
     width: int | None = None
     height: int | None = None

@@ -176,7 +176,8 @@ class LazyProgress:
 
     def start_file(self, index: int, name: str) -> Callable[[int], None]:
         """Begin file ``index`` (1-based); returns the ``on_start(total)`` hook."""
-        self.progress.reset(self.task, total=None, description=f"[{index}/{self.total_files}] {name}")
+        self.progress.reset(self.task, total=None,
+                            description=f"[{index}/{self.total_files}] {escape(printable(name))}")
 
         def on_start(total: int) -> None:
             self.progress.update(self.task, total=total, completed=0)

@@ -77,7 +77,7 @@ def _run_job(upscaler: Upscaler, job: Job, index: int, bar: Any) -> ImageReport:
                 if target is not None:
                     target.parent.mkdir(parents=True, exist_ok=True)
             return upscaler.upscale_file(
-                job.src, job.dst, on_start=bar.start_file(index, printable(job.src.name)),
+                job.src, job.dst, on_start=bar.start_file(index, job.src.name),
                 on_tiles=bar.advance, on_warning=warning_line, exit_map=job.exit_map)
         except UsageError:
             raise  # a bad option is every job's problem: the run stops
