@@ -1,35 +1,18 @@
-"""ENAF's patch fusion, and a FLOPs budget on top of it.
+"""The options of a routed model, as the command line and bench give them.
 
-For every patch the estimator predicts the PSNR ``u_j`` of each path j (path 0 =
-bicubic), the blank vector ``b`` is [1,0,0,0] for patches with almost no edges,
-and each path has a cost ``c_j`` (its executed FLOPs over the full network's, see
-``EnafSR.costs``). The path taken is ``argmax_j u_j + gamma*b_j - eta*c_j``
-(ENAF Eq. 9).
-
-``--budget F`` (not in the paper) asks for an average cost of at most F times
-the full network, estimator included, for this image: the chosen cost can only
-fall as eta rises, so the smallest eta that meets the budget is found by
-bisection over the image's own estimates.
+A family's runner reads what applies to it: ENAF's router (``sr_tile.models.enaf.routing``)
+takes an (eta, gamma) preset, an explicit eta/gamma, or a FLOPs budget; ``path`` forces one
+path for every tile (per-exit baseline rows).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
+from sr_tile.errors import UsageError
 
-from sr_tile.errors import ConfigError, UsageError
-
-# Presets trade PSNR for FLOPs like the paper's ENAF-L/M/S. Each is an (eta,
-# gamma) pair calibrated on training images for each shipped model and stored in
-# its weights' metadata (sr_tile.train.calibrate); these are the fall-backs for
-# weights without calibration (gamma 1 as in the paper's code).
-DEFAULT_GAMMA = 1.0
-DEFAULT_PRESETS: dict[str, dict[str, float]] = {
-    "L": {"eta": 0.5, "gamma": DEFAULT_GAMMA},
-    "M": {"eta": 1.0, "gamma": DEFAULT_GAMMA},
-    "S": {"eta": 2.0, "gamma": DEFAULT_GAMMA},
-}
+PRESET_NAMES = ("L", "M", "S")  # quality ... speed; each model stores its own values
+DEFAULT_SWEEP: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # bench --sweep default
 
 
 @dataclass(frozen=True)
@@ -43,7 +26,7 @@ class RoutingOptions:
     path: int | None = None  # force one path for every tile (per-exit baselines); no estimator
 
     def __post_init__(self) -> None:
-        if self.preset is not None and self.preset.upper() not in DEFAULT_PRESETS:
+        if self.preset is not None and self.preset.upper() not in PRESET_NAMES:
             raise UsageError(f"--preset must be one of L, M, S, not {self.preset!r}")
         if self.budget is not None and not 0.0 < self.budget <= 1.0:
             raise UsageError(f"--budget must be in (0, 1], got {self.budget}")
@@ -54,54 +37,3 @@ class RoutingOptions:
         if self.path is not None and self.path < 0:
             raise UsageError(f"path must be >= 0, got {self.path}")
 
-    def resolve(self, presets: dict[str, dict[str, float]]) -> tuple[float, float]:
-        """(eta, gamma): explicit values win, the rest comes from the preset (M by default)."""
-        chosen = presets[(self.preset or "M").upper()]
-        eta = self.eta if self.eta is not None else chosen["eta"]
-        gamma = self.gamma if self.gamma is not None else chosen.get("gamma", DEFAULT_GAMMA)
-        return float(eta), float(gamma)
-
-
-def fuse(u: torch.Tensor, blank: torch.Tensor, costs: torch.Tensor, *, eta: float,
-         gamma: float) -> torch.Tensor:
-    """Eq. 9: (N, P) estimates, (N,) blank flags, (P,) normalised costs -> (N,) paths."""
-    score = u.float() - eta * costs.float()[None, :]
-    score[:, 0] += gamma * blank.float()
-    return score.argmax(dim=1)
-
-
-def mean_cost(u: torch.Tensor, blank: torch.Tensor, costs: torch.Tensor, *, eta: float,
-              gamma: float, measure: torch.Tensor | None = None) -> float:
-    """Average cost of the paths chosen at ``eta``, by ``measure`` (default: ``costs``)."""
-    measure = costs if measure is None else measure
-    return float(measure.float()[fuse(u, blank, costs, eta=eta, gamma=gamma)].mean())
-
-
-def eta_for_budget(u: torch.Tensor, blank: torch.Tensor, costs: torch.Tensor, *,
-                   gamma: float, budget: float, overhead: float = 0.0,
-                   measure: torch.Tensor | None = None, iterations: int = 50) -> float:
-    """Smallest eta whose mean cost + ``overhead`` (estimator, as a fraction) <= budget.
-
-    ``measure``: the per-path costs the budget is in (default ``costs``, those of the fusion);
-    both must rank the paths alike, so that the measured cost too only falls as eta rises.
-    Raises ConfigError when even all-bicubic cannot meet the budget.
-    """
-    measure = costs if measure is None else measure
-    if not bool((torch.diff(measure) >= 0).all() and (torch.diff(costs) >= 0).all()):
-        raise ValueError("path costs must rise with the path index in both measures")
-    target = budget - overhead
-    if target < float(measure.min()):
-        raise ConfigError(
-            f"--budget {budget:.3f} is below the router's own cost ({overhead:.3f} of the network)"
-        )
-    if mean_cost(u, blank, costs, eta=0.0, gamma=gamma, measure=measure) <= target:
-        return 0.0
-    spread = float((u.max(dim=1).values - u.min(dim=1).values).max()) + gamma + 1.0
-    lo, hi = 0.0, spread / max(float(costs[costs > 0].min()), 1e-9)
-    for _ in range(iterations):
-        mid = 0.5 * (lo + hi)
-        if mean_cost(u, blank, costs, eta=mid, gamma=gamma, measure=measure) <= target:
-            hi = mid
-        else:
-            lo = mid
-    return hi

@@ -214,6 +214,11 @@ def test_routed_model_flags_exit_map_and_report(tmp_path, astronaut):
     assert image["eta"] == 2.0 and set(image["exits"]) == {"bicubic", "exit1", "exit2", "full"}
     assert image["flops"] < image["flops_static"]
     assert (tmp_path / "map.png").is_file()
+    result = run("upscale", src, "-m", "enaf-fsrcnn", "--weights", weights, "--static",
+                 "-o", tmp_path / "s.png", "--json", tmp_path / "s.json")
+    assert result.exit_code == 0, result.output
+    (image,) = json.loads((tmp_path / "s.json").read_text())["images"]
+    assert image["flops_pct"] == 100.0 and "exits" not in image and "eta" not in image
     result = run("upscale", src, "-m", "enaf-fsrcnn", "--weights", weights, "--eta", "1",
                  "--budget", "0.5", "-o", tmp_path / "p.png")
     assert result.exit_code == 2 and "at most one of" in result.stderr

@@ -15,13 +15,15 @@ from torch import nn
 from sr_tile.flops import count_flops
 from sr_tile.imresize import imresize
 from sr_tile.models.descriptor import Routing
-from sr_tile.models.enaf_carn import build as build_carn
-from sr_tile.models.enaf_fsrcnn import EnafFSRCNN, FSRCNNConfig
-from sr_tile.models.enaf_fsrcnn import build as build_fsrcnn
-from sr_tile.models.enaf_srresnet import SRResNetConfig
-from sr_tile.models.enaf_srresnet import build as build_srresnet
-from sr_tile.models.layers import (BLANK_THRESHOLD, MultiExitSR, PSNREstimator,
-                                   SubPixelConvTranspose2d, blank_score, is_blank)
+from sr_tile.models.enaf.carn import build as build_carn
+from sr_tile.models.enaf.estimator import (BLANK_THRESHOLD, PSNREstimator, blank_score,
+                                           is_blank)
+from sr_tile.models.enaf.fsrcnn import EnafFSRCNN, FSRCNNConfig
+from sr_tile.models.enaf.fsrcnn import build as build_fsrcnn
+from sr_tile.models.enaf.multiexit import MultiExitSR
+from sr_tile.models.enaf.srresnet import SRResNetConfig
+from sr_tile.models.enaf.srresnet import build as build_srresnet
+from sr_tile.models.layers import SubPixelConvTranspose2d
 
 PAPER_FLOPS = {  # per 32x32 LR patch at x4, classsr convention: exit 1, exit 2, full
     "fsrcnn": (146e6, 315e6, 468e6),
@@ -373,8 +375,8 @@ def test_estimator_predicts_bicubic_psnr_plus_gains() -> None:
 
 
 def test_enaf_reads_a_patch_by_sub_tiles_combined_by_their_mean_mse() -> None:
-    from sr_tile.models.enaf import ESTIMATOR_PART, EnafSR
-    from sr_tile.models.layers import combine_psnr
+    from sr_tile.models.enaf.model import ESTIMATOR_PART, EnafSR
+    from sr_tile.models.enaf.estimator import combine_psnr
 
     torch.manual_seed(0)
     model = EnafSR(backbone=build_carn(scale=4)).eval()

@@ -12,7 +12,8 @@ from PIL import Image
 from sr_tile.errors import ConfigError
 from sr_tile.models import create_model
 from sr_tile.models.checkpoint import save_weights
-from sr_tile.routing import RoutingOptions, eta_for_budget, fuse, mean_cost
+from sr_tile.models.enaf.routing import eta_for_budget, fuse, mean_cost
+from sr_tile.routing import RoutingOptions
 from sr_tile.upscale import UpscaleOptions, Upscaler
 
 COSTS = torch.tensor([0.0, 0.31, 0.67, 1.0])
@@ -133,8 +134,8 @@ def test_routed_upscale_counts_what_ran(tmp_path, varied_weights, astronaut):
     assert len(paths) == 30
     assert report.flops == sum(costs[p] for p in paths) + est
     assert report.flops_static == costs[3] * len(paths)
-    assert sum(report.exits.values()) == pytest.approx(1.0)
-    assert report.exits["full"] == pytest.approx(paths.count(3) / len(paths))
+    assert sum(report.extras["exits"].values()) == pytest.approx(1.0)
+    assert report.extras["exits"]["full"] == pytest.approx(paths.count(3) / len(paths))
     assert paths[0] == 0  # the top-left tile is flat
     with Image.open(tmp_path / "map.png") as im:
         assert im.width == 150 and im.height > 120
@@ -210,7 +211,7 @@ def test_sweep_replay_equals_routed_runs(varied_weights, astronaut):
     options = UpscaleOptions(model="enaf-fsrcnn", weights=str(varied_weights))
     sweep = Upscaler(options)
     runner = sweep.runner = SweepRunner(sweep.model, device=sweep.device)
-    static = Upscaler(replace(options, route=False)).upscale_whole(picture)
+    static = Upscaler(replace(options, static=True)).upscale_whole(picture)
     assert np.array_equal(sweep.upscale_whole(picture), static)
     mixed = False  # some setting must route tiles different ways, or the test proves little
     for eta, gamma in [(0.0, 0.0), (0.5, 1.0), (2.0, 0.0), (50.0, 1.0)]:
@@ -234,7 +235,7 @@ def test_forced_exit_runs_that_exit_only_and_no_estimator(tmp_path, varied_weigh
     costs = up.model.backbone.path_flops(32, 32)
     assert set(up.runner.paths) == {path}
     assert report.flops == costs[path] * report.tiles  # no estimator FLOPs
-    assert report.exits[("bicubic", "exit1", "exit2", "full")[path]] == 1.0
+    assert report.extras["exits"][("bicubic", "exit1", "exit2", "full")[path]] == 1.0
 
 
 def test_bench_plans_exit_rows():

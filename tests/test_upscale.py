@@ -117,10 +117,10 @@ def test_flops_are_counted_before_the_timed_batches(monkeypatch, astronaut, rout
     """latency_s is model compute: a first-time FLOPs count (~1 s in a fresh process) must
     happen in prepare(), never inside the timed batches, and the counts must stay right."""
     import sr_tile.flops
-    import sr_tile.models.enaf
-    import sr_tile.models.layers
+    import sr_tile.models.enaf.model
+    import sr_tile.models.enaf.multiexit
 
-    up = Upscaler(UpscaleOptions(model="enaf-fsrcnn", route=route))
+    up = Upscaler(UpscaleOptions(model="enaf-fsrcnn", static=not route))
     runner_type = type(up.runner)
     timed = [False]
     counted_while_timed = []
@@ -138,7 +138,7 @@ def test_flops_are_counted_before_the_timed_batches(monkeypatch, astronaut, rout
         return real_count(*args, **kwargs)
 
     monkeypatch.setattr(runner_type, "__call__", call)
-    for module in (sr_tile.flops, sr_tile.models.enaf, sr_tile.models.layers):
+    for module in (sr_tile.flops, sr_tile.models.enaf.model, sr_tile.models.enaf.multiexit):
         monkeypatch.setattr(module, "count_flops", count)
     sr_tile.flops.clear_flops_cache()
     picture = astronaut[:100, :130]
@@ -146,3 +146,58 @@ def test_flops_are_counted_before_the_timed_batches(monkeypatch, astronaut, rout
     assert counted_while_timed and not any(counted_while_timed)
     tiles = up.tiling.count(100, 130)
     assert up.runner.flops_static == tiles * up.model.backbone.path_flops(32, 32)[-1]
+
+
+def test_lean_start_up_imports_no_torch():
+    """`sr-tile --help`, `sr-tile models` and `sr-tile upscale --help` parse and print
+    without importing torch, training or bench code."""
+    import subprocess
+
+    code = ("import sys\nfrom sr_tile.cli import run\n"
+            "for args in (['--help'], ['models'], ['upscale', '--help']):\n"
+            "    assert run(args) == 0, args\n"
+            "heavy = [m for m in sys.modules if m == 'torch' or m.startswith(('sr_tile.train', "
+            "'sr_tile.bench.', 'sr_tile.upscale'))]\n"
+            "print('HEAVY', heavy, file=sys.stderr)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stderr, proc.stderr[-500:]
+
+
+def test_static_runs_a_routed_model_as_its_full_network(astronaut):
+    """--static: ENAF's best quality, every tile through the full network, no router."""
+    picture = np.ascontiguousarray(astronaut[:64, :96])
+    static = Upscaler(UpscaleOptions(model="enaf-fsrcnn", static=True))
+    assert not static.routed and static.runner.extras() == {}
+    out = static.upscale_whole(picture)
+    assert static.runner.flops == static.runner.flops_static > 0
+    full = static.model.backbone
+    with torch.inference_mode():
+        x = torch.from_numpy(picture).permute(2, 0, 1)[None].float() / 255
+        whole = full(x)[0].permute(1, 2, 0).clamp(0, 1).mul(255).round().byte().numpy()
+    assert np.abs(out.astype(int) - whole.astype(int)).max() <= 2  # tiled, not exact (margin)
+    routed = Upscaler(UpscaleOptions(model="enaf-fsrcnn"))
+    routed.upscale_whole(picture)
+    assert routed.routed and routed.runner.flops < routed.runner.flops_static
+    assert set(routed.runner.extras()) == {"eta", "gamma", "exits"}
+
+
+def test_a_routed_model_without_a_runner_cannot_be_built():
+    from torch import nn
+
+    from sr_tile.models.descriptor import ModelDescriptor, Routing
+    from sr_tile.routing import RoutingOptions
+    from sr_tile.runner import TileRunner, make_runner, runner_class
+
+    class Halting(nn.Module):
+        descriptor = ModelDescriptor(name="halting", scale=2, routing=Routing.TOKENS)
+
+    with pytest.raises(TypeError, match="names no runner_cls"):
+        runner_class(Halting())
+    Halting.runner_cls = TileRunner
+    assert runner_class(Halting()) is TileRunner
+    Halting.runner_cls = None
+    with pytest.raises(TypeError):
+        make_runner(Halting(), device=torch.device("cpu"), alpha="bicubic",
+                    routing=RoutingOptions())

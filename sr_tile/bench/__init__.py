@@ -6,24 +6,26 @@ JSON and CSV; ``plot`` draws PSNR vs FLOPs (matplotlib, imported only when asked
 ``div8k`` builds Test2K/4K/8K from DIV8K.
 """
 
-from sr_tile.bench.datasets import Dataset, LRCache, resolve_dataset
-from sr_tile.bench.run import (
-    DEFAULT_SWEEP,
-    BenchOptions,
-    BenchResult,
-    RowSpec,
-    plan_rows,
-    run_bench,
-)
+from __future__ import annotations
 
-__all__ = [
-    "DEFAULT_SWEEP",
-    "BenchOptions",
-    "BenchResult",
-    "Dataset",
-    "LRCache",
-    "RowSpec",
-    "plan_rows",
-    "resolve_dataset",
-    "run_bench",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Dataset": "sr_tile.bench.datasets",
+    "LRCache": "sr_tile.bench.datasets",
+    "resolve_dataset": "sr_tile.bench.datasets",
+    "DEFAULT_SWEEP": "sr_tile.bench.run",
+    "BenchOptions": "sr_tile.bench.run",
+    "BenchResult": "sr_tile.bench.run",
+    "RowSpec": "sr_tile.bench.run",
+    "plan_rows": "sr_tile.bench.run",
+    "run_bench": "sr_tile.bench.run",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:  # imported on first use: `sr-tile --help` stays light
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'sr_tile.bench' has no attribute {name!r}")

@@ -30,7 +30,7 @@ from sr_tile.bench.datasets import LR_RECIPE
 from sr_tile.bench.run import BenchResult, ImageResult, RowResult
 from sr_tile.flops import format_flops
 from sr_tile.io.atomic import write_bytes_atomic
-from sr_tile.upscale import FLOPS_CONVENTION
+from sr_tile.runner import FLOPS_CONVENTION
 
 __all__ = ["FLOPS_CONVENTION_NOTE", "image_table", "summary_table", "to_csv", "to_dict",
            "write_csv"]

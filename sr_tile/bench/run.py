@@ -1,7 +1,7 @@
 """Benchmark models over a dataset: quality, FLOPs and latency, each row read against its baseline.
 
 Rows (:func:`plan_rows`): ``bicubic`` always; for a static model one row; for a dynamic (routed)
-model its static backbone (``route=False``) AND the routed model at the requested preset, eta or
+model its static backbone (``static=True``) AND the routed model at the requested preset, eta or
 budget; with a sweep, one more routed row per eta (for the PSNR-vs-FLOPs curve).
 
 Each row runs every image exactly as ``sr-tile upscale`` does (:meth:`Upscaler.upscale_array`,
@@ -27,7 +27,7 @@ from sr_tile.bench.datasets import Dataset, LRCache, Pair, load_pair
 from sr_tile.errors import ConfigError, SrTileError
 from sr_tile.metrics import psnr_y, ssim_y
 from sr_tile.models.registry import get_entry
-from sr_tile.routing import RoutingOptions
+from sr_tile.routing import DEFAULT_SWEEP, RoutingOptions
 from sr_tile.upscale import UpscaleOptions, Upscaler
 
 __all__ = [
@@ -42,7 +42,6 @@ __all__ = [
 ]
 
 #: Etas of the default sweep (ENAF's public code sweeps 0.15..5).
-DEFAULT_SWEEP: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 BASELINE_MODEL = "bicubic"
 
 
@@ -222,7 +221,7 @@ def plan_rows(models: list[str], options: BenchOptions) -> list[RowSpec]:
             rows.append(RowSpec(name, name, "bicubic", False, RoutingOptions(), options.repeat,
                                 None))
             continue
-        if entry.routing != "exits":
+        if entry.routing == "none":
             rows.append(RowSpec(name, name, "static", False, RoutingOptions(), options.repeat,
                                 BASELINE_MODEL))
             continue
@@ -252,16 +251,17 @@ def _upscaler(spec: RowSpec, options: BenchOptions) -> Upscaler:
     return Upscaler(UpscaleOptions(
         scale=options.scale, model=spec.model, tile=options.tile, overlap=options.overlap,
         batch_size=options.batch_size, device=options.device, routing=spec.routing,
-        route=spec.route, weights=options.weights.get(spec.model), max_pixels=None,
+        static=not spec.route, weights=options.weights.get(spec.model), max_pixels=None,
     ))
 
 
 def _drop_duplicate_sweeps(specs: list[RowSpec], upscalers: list[Upscaler]) -> None:
     """A sweep eta equal to its model's routed row's eta would repeat that row: drop it."""
     routed_etas = {
-        (spec.model, float(up.runner.eta))
+        (spec.model, float(up.runner.eta))  # type: ignore[attr-defined]
         for spec, up in zip(specs, upscalers)
-        if spec.kind == "routed" and spec.routing.budget is None and up.runner.eta is not None
+        if spec.kind == "routed" and spec.routing.budget is None
+        and getattr(up.runner, "eta", None) is not None
     }
     for i in reversed(range(len(specs))):
         spec = specs[i]
@@ -297,10 +297,11 @@ def _first_run(up: Upscaler, spec: RowSpec, name: str, pair: Pair) -> tuple[Imag
     runner = up.runner
     result.flops = int(runner.flops)
     result.flops_static = int(runner.flops_static)
-    result.exits = runner.exit_shares()
-    eta = runner.eta
+    extras = runner.extras()
+    result.exits = extras.get("exits")
+    eta = extras.get("eta")
     result.eta = float(eta) if eta is not None and spec.route else None
-    result.token_sparsity = runner.token_sparsity()
+    result.token_sparsity = extras.get("token_sparsity")
     return result, sr
 
 

@@ -8,14 +8,11 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from sr_tile.bench.datasets import LRCache, default_cache_dir, resolve_dataset
-from sr_tile.bench.report import image_table, summary_table, to_dict, write_csv
-from sr_tile.bench.run import DEFAULT_SWEEP, BenchOptions, plan_rows, run_bench
 from sr_tile.cli._common import err, error_line, handle_errors, out, warning_line
 from sr_tile.errors import UsageError
 from sr_tile.io.atomic import write_json_atomic
 from sr_tile.models.registry import MODELS, get_entry, shipped_weights
-from sr_tile.routing import RoutingOptions
+from sr_tile.routing import DEFAULT_SWEEP, RoutingOptions
 
 __all__ = ["bench", "parse_sweep", "parse_weights"]
 
@@ -103,6 +100,10 @@ def bench(
         "--plot", help="Draw PSNR-Y vs FLOPs to this PNG (needs matplotlib).")] = None,
 ) -> None:
     """Benchmark models on a dataset: PSNR-Y, SSIM-Y, FLOPs and latency per image and in the mean."""
+    from sr_tile.bench.datasets import LRCache, default_cache_dir, resolve_dataset
+    from sr_tile.bench.report import image_table, summary_table, to_dict, write_csv
+    from sr_tile.bench.run import BenchOptions, plan_rows, run_bench
+
     weight_files = parse_weights(weights or [])
     sweep_etas = parse_sweep(sweep)
     if plot_path is not None:

@@ -9,7 +9,6 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from sr_tile.bench.div8k import ASSUMPTIONS, DIV8K_SETS, PROTOCOL, prepare_div8k
 from sr_tile.cli._common import err, handle_errors, out, warning_line
 from sr_tile.errors import ConfigError
 
@@ -33,6 +32,8 @@ def prepare_div8k_command(
     overwrite: Annotated[bool, typer.Option(help="Rebuild images already written.")] = False,
 ) -> None:
     """Build Test2K/Test4K/Test8K from DIV8K by the ClassSR protocol (HR/X4 + LR/X4)."""
+    from sr_tile.bench.div8k import ASSUMPTIONS, DIV8K_SETS, PROTOCOL, prepare_div8k
+
     chosen = tuple(sets) if sets else tuple(DIV8K_SETS)
     canonical = {name.lower(): name for name in DIV8K_SETS}
     bad = [s for s in chosen if s.lower() not in canonical]

@@ -9,7 +9,7 @@ or interrupted (Ctrl-C, SIGTERM, SIGHUP), with what finished.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.markup import escape
@@ -29,13 +29,14 @@ from sr_tile.cli._common import (
     warning_line,
 )
 from sr_tile.errors import SrTileError, UsageError
-from sr_tile.flops import format_flops
 from sr_tile.io import DEFAULT_MAX_PIXELS, WriteOptions
 from sr_tile.io.atomic import write_json_atomic
 from sr_tile.models import DEFAULT_MODEL
 from sr_tile.paths import Job, RunPlan, plan_run
 from sr_tile.routing import RoutingOptions
-from sr_tile.upscale import ImageReport, UpscaleOptions, Upscaler
+
+if TYPE_CHECKING:  # torch comes with these: imported when the command runs, not for --help
+    from sr_tile.upscale import ImageReport, UpscaleOptions, Upscaler
 
 
 def _seconds(x: float | None) -> str:
@@ -43,10 +44,12 @@ def _seconds(x: float | None) -> str:
 
 
 def report_table(reports: list[ImageReport]) -> Table:
+    from sr_tile.flops import format_flops
+
     table = Table(title="sr-tile upscale (FLOPs: classsr convention)", title_justify="left")
-    routed = any(r.exits for r in reports)
+    routed = any(r.routing for r in reports)
     names = ["input", "size", "model", "latency", "total", "FLOPs", "% static"]
-    for name in names + (["exits b/1/2/full"] if routed else []) + ["status"]:
+    for name in names + (["routing"] if routed else []) + ["status"]:
         table.add_column(name, justify="left" if name in ("input", "model", "size") else "right")
     for r in reports:
         ok = r.status == "ok"
@@ -59,8 +62,7 @@ def report_table(reports: list[ImageReport]) -> Table:
             _seconds(r.total_s) if ok else "",
             format_flops(r.flops) if ok and r.flops is not None else "",
             f"{pct:.1f}%" if ok and pct is not None else "",
-            *(["/".join(f"{100 * v:.0f}" for v in r.exits.values()) if r.exits else ""]
-              if routed else []),
+            *([escape(r.routing)] if routed else []),
             {"ok": "[green]ok[/]", "skipped": "[yellow]skipped[/]"}.get(r.status, "[red]failed[/]"),
         )
     return table
@@ -68,6 +70,8 @@ def report_table(reports: list[ImageReport]) -> Table:
 
 def _run_job(upscaler: Upscaler, job: Job, index: int, bar: Any) -> ImageReport:
     """One job, whatever happens to it: its report, with its one-line error if it failed."""
+    from sr_tile.upscale import ImageReport
+
     if job.skip:
         return ImageReport(str(job.src), str(job.dst), status="skipped")
     message = job.refused
@@ -105,6 +109,8 @@ def _finish(plan: RunPlan, reports: list[ImageReport], upscaler: Upscaler | None
             options: UpscaleOptions, stop: BaseException | None) -> dict[str, int]:
     """Print the table and the summary and write the ``--json`` report, however the run
     ended. A failure here is one more error line, never a replacement for ``stop``."""
+    from sr_tile.upscale import ImageReport
+
     counts = {k: sum(r.status == k for r in reports) for k in ("ok", "failed", "skipped")}
     counts["not_run"] = len(plan.jobs) - len(reports)
     try:
@@ -198,6 +204,9 @@ def upscale(
         Optional[float],
         typer.Option(help="Routed models: mean FLOPs as a fraction of the full network."),
     ] = None,
+    static: Annotated[bool, typer.Option(
+        help="Routed models: run the full network on every tile (best quality, most FLOPs).")
+    ] = False,
     exit_map: Annotated[
         Optional[Path],
         typer.Option(help="Routed models: write the path of every tile as a PNG "
@@ -205,6 +214,8 @@ def upscale(
     ] = None,
 ) -> None:
     """Upscale images tile by tile; print latency and FLOPs per image."""
+    from sr_tile.upscale import UpscaleOptions, Upscaler
+
     options = UpscaleOptions(
         scale=scale,
         model=model,
@@ -219,6 +230,7 @@ def upscale(
         write=WriteOptions(jpeg_quality=quality, webp_quality=quality, bigtiff=bigtiff),
         routing=RoutingOptions(eta=eta, gamma=gamma, preset=preset, budget=budget),
         weights=weights,
+        static=static,
     )
     plan = plan_run(inputs, scale=scale, output=output, output_dir=output_dir, fmt=fmt,
                     recursive=recursive, follow_links=follow_links, report=json_path,

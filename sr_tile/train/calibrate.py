@@ -30,9 +30,11 @@ from sr_tile.io import probe_size
 from sr_tile.metrics import psnr_y
 from sr_tile.models.checkpoint import read_metadata, save_safetensors
 from sr_tile.models.enaf import EnafSR
-from sr_tile.routing import RoutingOptions, fuse
+from sr_tile.models.enaf.routing import fuse
+from sr_tile.models.enaf.runner import ExitRunner
+from sr_tile.routing import RoutingOptions
 from sr_tile.tiler import TileConfig
-from sr_tile.upscale import ExitRunner, UpscaleOptions, Upscaler
+from sr_tile.upscale import UpscaleOptions, Upscaler
 
 # M is the bar for routing: at most 0.05 dB below the full network.
 THRESHOLDS_DB = {"L": 0.02, "M": 0.05, "S": 0.3}

@@ -10,7 +10,7 @@
   (path 0 = bicubic) reaches on each 8x8 LR sub-tile of a patch, the unit it reads at
   inference (outputs clamped to [0, 1], the patch's ``scale`` px border left out, capped at
   :data:`PSNR_CAP` dB for flat sub-tiles), as bicubic's PSNR plus each path's gain
-  over it (see :class:`~sr_tile.models.layers.PSNREstimator`). Its output bias starts at the
+  over it (see :class:`~sr_tile.models.enaf.estimator.PSNREstimator`). Its output bias starts at the
   mean target of a few batches, so it does not spend thousands of steps walking to ~40 dB.
   With ``label_pool`` the targets of a fixed set of patches are computed once
   (:func:`label_pool`) and the steps draw from them.
@@ -46,7 +46,7 @@ from sr_tile.errors import ConfigError
 from sr_tile.metrics import psnr_y
 from sr_tile.models.checkpoint import save_safetensors
 from sr_tile.models.enaf import EnafSR
-from sr_tile.models.layers import MultiExitSR
+from sr_tile.models.enaf.multiexit import MultiExitSR
 from sr_tile.train.config import PHASES, PhaseConfig
 from sr_tile.train.data import PatchSampler, ValSet, step_generator
 from sr_tile.train.state import Checkpoint, RunDir, save_checkpoint

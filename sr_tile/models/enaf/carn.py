@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sr_tile.models.layers import (ConvAct, MultiExitSR, UpsampleHead, exits_descriptor,
-                                   upsample_factors)
+from sr_tile.models.enaf.multiexit import MultiExitSR, exits_descriptor
+from sr_tile.models.layers import ConvAct, UpsampleHead, upsample_factors
 
 __all__ = ["NAME", "SCALES", "CARNConfig", "EnafCARN", "build"]
 

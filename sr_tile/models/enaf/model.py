@@ -9,14 +9,13 @@ of an image from one pass over the image (``sr_tile.upscale.ExitRunner``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 
 from sr_tile.flops import Convention, count_flops
-from sr_tile.models.layers import MultiExitSR, PSNREstimator, is_blank
-from sr_tile.routing import DEFAULT_PRESETS
+from sr_tile.models.enaf.estimator import PSNREstimator, is_blank
+from sr_tile.models.enaf.multiexit import MultiExitSR
+from sr_tile.models.enaf.routing import DEFAULT_PRESETS
 
 # The estimator reads a patch as (h/8)x(w/8) sub-tiles of 8x8 LR px, and their PSNRs are
 # combined like the PSNR of one image: by the mean of their MSEs (not in the paper, which runs
@@ -41,6 +40,13 @@ class EnafSR(nn.Module):
         self.scale = backbone.scale
         self.presets: dict[str, dict[str, float]] = {k: dict(v) for k, v in DEFAULT_PRESETS.items()}
         self._estimator_flops: dict[tuple[int, int], int] = {}
+
+    @property
+    def runner_cls(self) -> type:
+        """The runner that routes tiles through this model (``sr_tile.runner.make_runner``)."""
+        from sr_tile.models.enaf.runner import ExitRunner
+
+        return ExitRunner
 
     @property
     def num_paths(self) -> int:
@@ -87,12 +93,3 @@ class EnafSR(nn.Module):
                 self.estimator, (1, 3, height, width),
                 inputs_fn=lambda shape, device: (torch.zeros(shape, device=device), part))
         return self._estimator_flops[key]
-
-
-def enaf_factory(build_backbone: Callable[..., MultiExitSR]) -> Callable[..., EnafSR]:
-    """Registry factory for one backbone family."""
-
-    def build(*, scale: int = 4) -> EnafSR:
-        return EnafSR(backbone=build_backbone(scale=scale))
-
-    return build

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from sr_tile.models.layers import (ConvAct, MultiExitSR, ResidualBlock, UpsampleHead,
-                                   exits_descriptor, upsample_factors)
+from sr_tile.models.enaf.multiexit import MultiExitSR, exits_descriptor
+from sr_tile.models.layers import ConvAct, ResidualBlock, UpsampleHead, upsample_factors
 
 __all__ = ["NAME", "SCALES", "EnafSRResNet", "SRResNetConfig", "build"]
 

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from sr_tile.models.layers import ConvAct, DeconvHead, MultiExitSR, exits_descriptor
+from sr_tile.models.enaf.multiexit import MultiExitSR, exits_descriptor
+from sr_tile.models.layers import ConvAct, DeconvHead
 
 __all__ = ["NAME", "SCALES", "EnafFSRCNN", "FSRCNNConfig", "build"]
 

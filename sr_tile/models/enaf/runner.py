@@ -1,0 +1,196 @@
+"""ENAF's runner: the estimator and the blank vector pick a path for every tile (Eq. 9).
+
+The image is read once before its tiles run (``prepare``): the estimator's sub-tile PSNRs come
+from one map of the whole image and every tile on the sub-tile grid combines its own from it;
+the blank test sums each tile row's |Laplacian| once. Tiles then run grouped by path, the trunk
+shared and cut at each tile's depth.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sr_tile.models.enaf.estimator import BLANK_THRESHOLD, combine_psnr, gray_u8, laplacian_abs
+from sr_tile.models.enaf.model import ESTIMATOR_PART, EnafSR
+from sr_tile.models.enaf.routing import eta_for_budget, fuse, resolve
+from sr_tile.routing import RoutingOptions
+from sr_tile.runner import FLOPS_CONVENTION, TileRunner
+from sr_tile.tiler import TilePlan, TileConfig, to_float
+
+ESTIMATOR_BATCH = 256  # off-grid tiles per estimator pass (~2x faster per tile than 32)
+ESTIMATOR_ROWS = 256  # LR rows per band of the whole-image estimator map (bounds its memory)
+ESTIMATOR_BLOCK = 32  # block side a band is cut into for the estimator's batch
+
+
+class ExitRunner(TileRunner):
+    """ENAF: the estimator and blank vector pick a path per tile (Eq. 9).
+
+    Tiles are run by ``backbone.forward_paths``: grouped by path, the trunk
+    shared and cut at each tile's depth. ``flops`` counts the paths taken plus
+    the estimator on every tile; ``flops_static`` the full network on every tile.
+    Alpha with ``alpha="model"`` takes the full network.
+    """
+
+    PATH_NAMES = ("bicubic", "exit1", "exit2", "full")
+
+    def __init__(self, model: EnafSR, *, device: torch.device, alpha: str,
+                 routing: RoutingOptions | None = None) -> None:
+        routing = routing or RoutingOptions()
+        self.routing = routing
+        self.eta, self.gamma = resolve(routing, model.presets)
+        if routing.path is not None:
+            self.eta = None
+        super().__init__(model, device=device, alpha=alpha)
+
+    def reset(self) -> None:
+        super().reset()
+        self.paths: list[int] = []
+        self._u = torch.empty(0, self.model.num_paths)  # every tile's estimate, row-major
+        self._blank = torch.empty(0, dtype=torch.bool)
+        self._next = 0  # the first tile the next batch holds
+
+    def prepare(self, image: np.ndarray, tiling: TileConfig) -> None:
+        """Estimate every tile before the first batch runs; with a budget, then pick this
+        image's eta. The estimator and the blank test read the whole image once, not tile by
+        tile: overlapping tiles would read most pixels ~1.8 times (see ``_estimate``)."""
+        height, width = tiling.tile_shape(image.shape[0], image.shape[1])
+        for convention in ("torch", FLOPS_CONVENTION):  # first counts here, untimed
+            self.model.costs(height, width, convention)
+        if self.routing.path is not None:
+            return
+        self.model.estimator_flops(height, width)
+        self.model.estimator_flops(ESTIMATOR_BLOCK, ESTIMATOR_BLOCK)
+        start = time.perf_counter()
+        color = image[..., : 1 if image.shape[2] in (1, 2) else 3]
+        py, px = tiling.plans(color.shape[0], color.shape[1])
+        with torch.inference_mode():
+            self._u = self._estimate(color, py, px)
+            self._blank = (self._blank_flags(color, py, px) if self.gamma != 0
+                           else torch.zeros(py.count * px.count, dtype=torch.bool))
+        self._next = 0
+        if self.routing.budget is not None:
+            full = self.model.backbone.path_flops(height, width)[-1]
+            self.eta = eta_for_budget(
+                self._u, self._blank, self.model.costs(height, width), gamma=self.gamma,
+                budget=self.routing.budget, overhead=self.flops / (len(self._u) * full),
+                measure=self.model.costs(height, width, FLOPS_CONVENTION),
+            )
+        self.seconds += time.perf_counter() - start
+
+    def _estimate(self, color: np.ndarray, py: TilePlan, px: TilePlan) -> torch.Tensor:
+        """(tiles, P) the estimator's PSNRs of every tile, row-major; counts its FLOPs.
+
+        Tiles on the sub-tile grid (start and size multiples of ``ESTIMATOR_PART``; all but
+        the last row and column for the default 32/8 tiling) combine their sub-tiles' PSNRs
+        from one map of the whole image: the same numbers as reading each tile (to float
+        rounding, tested), at ~1/1.8 of the cost. The other tiles are read one by one.
+        """
+        part, paths = ESTIMATOR_PART, self.model.num_paths
+        u = torch.empty(py.count, px.count, paths)
+        grid_y = [i for i, y in enumerate(py.starts) if y % part == 0 and py.tile % part == 0]
+        grid_x = [j for j, x in enumerate(px.starts) if x % part == 0 and px.tile % part == 0]
+        if grid_y and grid_x:
+            umap = self._psnr_map(color, part)  # (P, H // part, W // part)
+            ry = torch.tensor([py.starts[i] // part for i in grid_y])[:, None] + torch.arange(
+                py.tile // part)
+            rx = torch.tensor([px.starts[j] // part for j in grid_x])[:, None] + torch.arange(
+                px.tile // part)
+            blocks = umap[:, ry[:, None, :, None], rx[None, :, None, :]]  # (P, ny, nx, ky, kx)
+            u[torch.tensor(grid_y)[:, None], torch.tensor(grid_x)[None, :]] = combine_psnr(
+                blocks.flatten(3), dim=3).permute(1, 2, 0)
+        on_y, on_x = set(grid_y), set(grid_x)
+        rest = [(i, j) for i in range(py.count) for j in range(px.count)
+                if i not in on_y or j not in on_x]
+        for k in range(0, len(rest), ESTIMATOR_BATCH):
+            where = rest[k:k + ESTIMATOR_BATCH]
+            x = torch.stack([to_float(color[py.starts[i]:py.starts[i] + py.tile,
+                                            px.starts[j]:px.starts[j] + px.tile])
+                             for i, j in where])
+            x = self.to_device(x.expand(-1, 3, -1, -1))
+            self.flops += self.model.estimator_flops(py.tile, px.tile) * len(where)
+            u[tuple(torch.tensor(where).T)] = self.model.predict_psnr(x).float().cpu()
+        return u.reshape(-1, paths)
+
+    def _psnr_map(self, color: np.ndarray, part: int) -> torch.Tensor:
+        """(P, H // part, W // part) the estimator's PSNR of every sub-tile of the image on
+        the grid from its top-left corner, in bands of ``ESTIMATOR_ROWS`` rows.
+
+        A band is cut into non-overlapping ``b x b`` blocks (zero-padded at the right and
+        bottom; the estimator reads each sub-tile alone, so padding changes no kept value) and
+        run as one batch: torch runs a one-image band's 1x1 convolutions on a slow path.
+        """
+        height, width = (n // part * part for n in color.shape[:2])
+        b = ESTIMATOR_BLOCK
+        maps = []
+        for top in range(0, height, ESTIMATOR_ROWS):
+            band = to_float(color[top:min(top + ESTIMATOR_ROWS, height), :width])
+            h, w = band.shape[-2:]
+            band = F.pad(band.expand(3, -1, -1), (0, -w % b, 0, -h % b))
+            ny, nx = band.shape[1] // b, band.shape[2] // b
+            blocks = band.reshape(3, ny, b, nx, b).permute(1, 3, 0, 2, 4).reshape(-1, 3, b, b)
+            self.flops += self.model.estimator_flops(b, b) * len(blocks)
+            u = self.model.estimator.psnr_map(self.to_device(blocks), part).float().cpu()
+            k = b // part
+            u = u.reshape(ny, nx, -1, k, k).permute(2, 0, 3, 1, 4).reshape(-1, ny * k, nx * k)
+            maps.append(u[:, : h // part, : w // part])
+        return torch.cat(maps, dim=1)
+
+    @staticmethod
+    def _blank_flags(color: np.ndarray, py: TilePlan, px: TilePlan) -> torch.Tensor:
+        """(tiles,) ENAF's blank test of every tile (``is_blank``), row-major: per tile row, the
+        |Laplacian| of the band once, then each tile's sum from column prefix sums (exact:
+        integers in float64)."""
+        if py.tile < 3 or px.tile < 3:  # no valid Laplacian: no tile is called blank
+            return torch.zeros(py.count * px.count, dtype=torch.bool)
+        x0 = torch.tensor(px.starts)
+        flags = []
+        for y0 in py.starts:
+            band = to_float(color[y0:y0 + py.tile]).expand(3, -1, -1)[None]
+            columns = laplacian_abs(gray_u8(band))[0].sum(dim=0, dtype=torch.float64)
+            prefix = torch.cat([columns.new_zeros(1), columns.cumsum(0)])
+            sums = prefix[x0 + px.tile - 2] - prefix[x0]
+            flags.append(sums / ((py.tile - 2) * (px.tile - 2)) <= BLANK_THRESHOLD)
+        return torch.cat(flags)
+
+    def take_estimates(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next ``n`` tiles' estimates and blank flags (batches come in tile order)."""
+        k = self._next
+        self._next += n
+        return self._u[k:k + n], self._blank[k:k + n]
+
+    def run_rgb(self, x: torch.Tensor, *, routed: bool) -> torch.Tensor:
+        costs = self.model.backbone.path_flops(*x.shape[-2:])
+        self.flops_static += costs[-1] * x.shape[0]
+        if not routed:
+            self.flops += costs[-1] * x.shape[0]
+            return self.model(x)
+        if self.routing.path is not None:  # a fixed exit: no estimator runs, none is counted
+            paths = torch.full((x.shape[0],), self.routing.path, dtype=torch.long)
+        else:
+            u, blank = self.take_estimates(x.shape[0])  # prepare() estimated every tile
+            paths = fuse(u, blank, self.model.costs(*x.shape[-2:]), eta=self.eta,
+                         gamma=self.gamma)
+        chosen = paths.tolist()
+        self.paths += chosen
+        self.flops += sum(costs[p] for p in chosen)
+        return self.model.backbone.forward_paths(x, paths)
+
+    def exit_shares(self) -> dict[str, float]:
+        n = max(len(self.paths), 1)
+        return {name: self.paths.count(j) / n for j, name in enumerate(self.PATH_NAMES)}
+
+    def route_map(self) -> tuple[list[int], tuple[str, ...]]:
+        return self.paths, self.PATH_NAMES
+
+    def extras(self) -> dict[str, Any]:
+        return {"eta": self.eta, "gamma": self.gamma, "exits": self.exit_shares()}
+
+    @staticmethod
+    def describe(extras: dict[str, Any]) -> str:
+        exits = extras.get("exits")
+        return "exits " + "/".join(f"{100 * v:.0f}" for v in exits.values()) if exits else ""
