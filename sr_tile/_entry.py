@@ -17,6 +17,7 @@ STOP_SIGNALS = tuple(s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)
 
 
 def _raise_interrupted(signum: int, frame: object) -> None:
+    Interrupted.last = signum
     raise Interrupted(signum)
 
 
@@ -25,12 +26,14 @@ def main() -> None:
         signal.signal(signum, _raise_interrupted)
     try:
         from sr_tile.cli import run
-    except KeyboardInterrupt as exc:
+
+        code = run()
+        flushed = _flush_stdout()
+    except KeyboardInterrupt as exc:  # before the command line (or after it) took over
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-        sys.stderr.write(f"error: interrupted ({signal.Signals(signum).name}) while starting\n")
+        sys.stderr.write(f"error: interrupted ({signal.Signals(signum).name})\n")
         sys.exit(128 + signum)
-    code = run()
-    sys.exit(code if _flush_stdout() else code or 1)
+    sys.exit(code if flushed else code or 1)
 
 
 def _flush_stdout() -> bool:

@@ -34,6 +34,8 @@ class Interrupted(KeyboardInterrupt):
     """SIGTERM or SIGHUP, raised where Ctrl-C would be, so that a run stops the same way:
     temp files removed, one line, exit code 128 + ``signum``."""
 
+    last: int | None = None  # the last stop signal received by this process
+
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Annotated, Optional
 
 import typer
 
 from sr_tile import __version__
-from sr_tile.cli._common import State, error_line, out, route_library_output
+from sr_tile.cli._common import (
+    State,
+    error_line,
+    interrupted_code,
+    interrupted_message,
+    out,
+    route_library_output,
+)
+from sr_tile.errors import Interrupted
 from sr_tile.cli.models import models
 from sr_tile.cli.bench import bench
 from sr_tile.cli.data import data_app
@@ -56,6 +65,9 @@ def run(args: list[str] | None = None) -> int:
     of the wrong type) is one line and exit code 2, like our own option checks."""
     try:
         code = app(args=args, standalone_mode=False)
+    except KeyboardInterrupt as exc:  # while typer builds the command line
+        error_line(interrupted_message(exc))
+        return interrupted_code(exc)
     except typer.Abort:
         error_line("interrupted")
         return 130
@@ -67,7 +79,12 @@ def run(args: list[str] | None = None) -> int:
             where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
             error_line(exc.format_message() + where)
         return exc.exit_code
-    return code if isinstance(code, int) else 0
+    code = code if isinstance(code, int) else 0
+    if code == 130 and not State.interrupt_reported:  # typer caught it outside our commands
+        stop = Interrupted(Interrupted.last or signal.SIGINT)
+        error_line(interrupted_message(stop))
+        return interrupted_code(stop)
+    return code
 
 
 def main() -> None:

@@ -68,6 +68,7 @@ for _console in (out, err):
 
 class State:
     debug = False
+    interrupt_reported = False  # a command has printed its "interrupted" line
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -112,7 +113,8 @@ def interrupted_code(exc: BaseException) -> int:
 
 
 def interrupted_message(exc: BaseException) -> str:
-    name = signal.Signals(exc.signum).name if isinstance(exc, Interrupted) else "Ctrl-C"
+    signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+    name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
     return f"interrupted ({name}); no partial output was left behind"
 
 
@@ -132,6 +134,7 @@ def handle_errors(command: F) -> F:
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:  # Ctrl-C, and SIGTERM/SIGHUP (see sr_tile._entry)
             error_line(interrupted_message(exc))
+            State.interrupt_reported = True
             raise typer.Exit(interrupted_code(exc)) from None
         except Exception as exc:  # a bug: say so, briefly, unless debugging
             if State.debug:
