@@ -28,7 +28,7 @@ import torch
 
 from sr_tile.ops import pixel_shuffle
 
-__all__ = ["bicubic_taps", "cubic", "imresize", "imresize_np"]
+__all__ = ["bicubic_grid", "bicubic_taps", "cubic", "imresize", "imresize_np"]
 
 _KERNEL_WIDTH = 4.0  # support of the cubic kernel, in input pixels
 
@@ -290,3 +290,28 @@ def imresize_np(
         res = np.sign(res) * np.floor(np.abs(res) + 0.5)  # half away from zero, like MATLAB
         return np.clip(res, info.min, info.max).astype(arr.dtype)
     return np.ascontiguousarray(res)
+
+
+def _grid_matrix(u: torch.Tensor, length: int) -> torch.Tensor:
+    """(N, M, length) weights of MATLAB's cubic kernel at coordinates ``u`` (N, M), pixel
+    centres at integers: the 6 taps MATLAB takes, normalised, mirrored at the edges."""
+    left = torch.floor(u) - 2
+    idx = left[..., None] + torch.arange(6, dtype=u.dtype, device=u.device)
+    weights = torch.from_numpy(cubic((u[..., None] - idx).cpu().numpy())).to(u)
+    weights = weights / weights.sum(-1, keepdim=True)
+    aux = torch.cat([torch.arange(length), torch.arange(length - 1, -1, -1)]).to(u.device)
+    where = aux[torch.remainder(idx.long(), 2 * length)]
+    matrix = torch.zeros(*u.shape, length, dtype=u.dtype, device=u.device)
+    return matrix.scatter_add_(-1, where, weights)
+
+
+def bicubic_grid(x: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+    """Bicubic samples of ``x`` (N, C, h, w) at the rows ``ys`` (N, H') and columns ``xs``
+    (N, W') given in its own pixel coordinates (centres at integers): MATLAB's kernel, with
+    symmetric borders at the edges of ``x``. With the coordinates of an output grid of
+    another size this is ``imresize`` to that size (``imresize(x, out_size=...)`` samples
+    ``(k + 0.5) * in / out - 0.5``); the tiler uses it for each tile's window of the whole
+    image's grid at scales that are not integers."""
+    rows = _grid_matrix(ys.to(torch.float64), x.shape[-2]).to(x.dtype)
+    cols = _grid_matrix(xs.to(torch.float64), x.shape[-1]).to(x.dtype)
+    return rows[:, None] @ x @ cols[:, None].transpose(-1, -2)

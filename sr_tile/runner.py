@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from sr_tile.flops import flops_cached
-from sr_tile.imresize import imresize
+from sr_tile.imresize import bicubic_grid, imresize
 from sr_tile.models.descriptor import Routing
 from sr_tile.routing import RoutingOptions
-from sr_tile.tiler import TileConfig
+from sr_tile.tiler import TileConfig, TileWindow
 
 FLOPS_CONVENTION = "classsr"
 
@@ -40,6 +40,7 @@ class TileRunner:
         self.device = device
         self.alpha = alpha
         self.scale = model.descriptor.scale
+        self.fixed_scale = float(self.scale).is_integer()  # else: tiles sampled on the grid
         self.reset()
 
     def reset(self) -> None:
@@ -73,12 +74,16 @@ class TileRunner:
         for ``--exit-map``; only routed runners have one."""
         raise TypeError(f"{self.model.descriptor.name} runs every tile the same way")
 
-    def run_rgb(self, x: torch.Tensor, *, routed: bool) -> torch.Tensor:
-        """(N, 3, h, w) on the device -> upscaled; adds to the FLOPs tallies."""
+    def run_rgb(self, x: torch.Tensor, windows: list[TileWindow], *,
+                routed: bool) -> torch.Tensor:
+        """(N, 3, h, w) on the device -> upscaled; adds to the FLOPs tallies. A model of a
+        non-integer scale samples each tile's window of the global output grid."""
         flops = self.tile_flops(*x.shape[-2:]) * x.shape[0]
         self.flops += flops
         self.flops_static += flops
-        return self.model(x)
+        if self.fixed_scale:
+            return self.model(x)
+        return self.model(x, grid_coords(windows, x.device))
 
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
         """A batch of tiles on the device, channels-last on the CPU: oneDNN's convolutions run
@@ -88,30 +93,54 @@ class TileRunner:
             return x.contiguous(memory_format=torch.channels_last)
         return x.to(self.device)
 
-    def _network(self, x: torch.Tensor, *, routed: bool = True) -> torch.Tensor:
+    def _network(self, x: torch.Tensor, windows: list[TileWindow], *,
+                 routed: bool = True) -> torch.Tensor:
         """(N, 1 or 3, h, w) -> same channels, upscaled by the model."""
         gray = x.shape[1] == 1
         x = x.expand(-1, 3, -1, -1) if gray else x
         with torch.inference_mode():
-            y = self.run_rgb(self.to_device(x), routed=routed)
+            y = self.run_rgb(self.to_device(x), windows, routed=routed)
         return y.mean(1, keepdim=True) if gray else y
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def __call__(self, batch: torch.Tensor, windows: list[TileWindow]) -> torch.Tensor:
+        """A batch of tiles (N, C, h, w) and where each lies -> their outputs (the tiler's
+        ``fn``). Tiles may come in any order; ``windows`` say which they are."""
         start = time.perf_counter()
         n_color = 1 if batch.shape[1] in (1, 2) else 3
-        parts = [self._network(batch[:, :n_color])]
+        parts = [self._network(batch[:, :n_color], windows)]
         if batch.shape[1] > n_color:
             alpha = batch[:, n_color:]
             if self.alpha == "model":
-                parts.append(self._network(alpha, routed=False))
+                parts.append(self._network(alpha, windows, routed=False))
             else:
                 with torch.inference_mode():
-                    parts.append(imresize(alpha.to(self.device), self.scale, antialias=False))
+                    alpha = alpha.to(self.device)
+                    parts.append(imresize(alpha, self.scale, antialias=False) if self.fixed_scale
+                                 else bicubic_grid(alpha, *grid_coords(windows, self.device)))
         out = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.seconds += time.perf_counter() - start
         return out
+
+
+def grid_coords(windows: list[TileWindow], device: torch.device
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, H'), (N, W'): the tile-local LR coordinates (pixel centres at integers) of the
+    centres of each tile's output rows and columns on the global grid, padded to the
+    batch's largest window by repeating the last one (those outputs are cut)."""
+    def axis(starts, firsts, counts, scale) -> torch.Tensor:
+        n = max(counts)
+        k = torch.arange(n, dtype=torch.float64)[None, :].minimum(
+            torch.tensor(counts, dtype=torch.float64)[:, None] - 1)
+        global_k = k + torch.tensor(firsts, dtype=torch.float64)[:, None]
+        u = (global_k + 0.5) / torch.tensor(scale, dtype=torch.float64)[:, None] - 0.5
+        return (u - torch.tensor(starts, dtype=torch.float64)[:, None]).to(device)
+
+    return (axis([w.y0 for w in windows], [w.out_y0 for w in windows],
+                 [w.out_h for w in windows], [w.scale_y for w in windows]),
+            axis([w.x0 for w in windows], [w.out_x0 for w in windows],
+                 [w.out_w for w in windows], [w.scale_x for w in windows]))
 
 
 def make_runner(model: torch.nn.Module, *, device: torch.device, alpha: str,

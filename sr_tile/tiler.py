@@ -1,7 +1,15 @@
-"""Seam-free, streaming tiled inference.
+"""Seam-free, streaming tiled inference, at any scale.
 
 An LR image is cut into overlapping tiles on a fixed grid; each tile's output is
 weighted by a smooth window and summed; the sum is divided by the summed weights.
+
+Geometry. The output is ``round_half_up(s * W) x round_half_up(s * H)`` and its pixel grid
+spans the input exactly: the effective scale of an axis is output length / input length
+(MATLAB's ``imresize`` given an output size; LIIF's normalised coordinates). A tile covering
+LR pixels ``[y0, y0 + t)`` owns the output pixels whose centres fall in that span, a
+rectangle on the global output grid (:class:`TileWindow`), and its blend window is computed
+there too, so non-integer scales make no seams from rounding. At an integer scale all of
+this reduces exactly to ``y0 * s`` and the same arithmetic as before (bit-identical).
 
 Windows. Along each axis a tile's weight is 1 in its interior. At an edge shared
 with a neighbour it is 0 over the first ``margin`` LR pixels (output there is
@@ -33,67 +41,113 @@ import torch
 
 from sr_tile.errors import UsageError
 
-TileFn = Callable[[torch.Tensor], torch.Tensor]
 BAND_ROWS = 256  # output rows normalised and converted at a time
+
+
+def output_length(length: int, scale: float) -> int:
+    """round_half_up(scale * length), after rounding away float noise (2.3 * 10 = 23)."""
+    return int(math.floor(round(scale * length, 9) + 0.5))
 
 
 @dataclass(frozen=True)
 class TilePlan:
-    """The tile grid along one axis, in LR pixels."""
+    """The tile grid along one axis: LR tiles and their spans on the output grid."""
 
     length: int  # image length along this axis
     tile: int  # tile length actually used (<= length unless padded for size_multiple)
     starts: tuple[int, ...]
     margin: int
     ramp: int
+    out_length: int  # output length along this axis
 
     @property
     def count(self) -> int:
         return len(self.starts)
 
+    @property
+    def scale(self) -> float:
+        """The effective scale of this axis: output length / input length."""
+        return self.out_length / self.length
 
-def plan_axis(length: int, tile: int, overlap: int, margin: int) -> TilePlan:
+    def out_start(self, y: int) -> int:
+        """The first output pixel whose centre lies at or after LR position ``y``:
+        ceil(y * s - 1/2), in integers (``y * s`` exactly at an integer scale)."""
+        a, b = 2 * y * self.out_length - self.length, 2 * self.length
+        return -(-a // b)
+
+    def out_span(self, index: int) -> tuple[int, int]:
+        """[start, stop) of tile ``index`` on the output grid."""
+        y0 = self.starts[index]
+        return self.out_start(y0), self.out_start(y0 + self.tile)
+
+
+def plan_axis(length: int, tile: int, overlap: int, margin: int,
+              out_length: int | None = None) -> TilePlan:
     """Tile starts covering [0, length): stride ``tile - overlap``; the last tile is
-    shifted left so it ends at the border (all tiles keep the same size)."""
+    shifted left so it ends at the border (all tiles keep the same size). ``out_length``
+    defaults to ``length`` (scale 1)."""
+    out_length = length if out_length is None else out_length
     if length <= tile:
-        return TilePlan(length, length, (0,), margin, max(overlap - 2 * margin, 1))
+        return TilePlan(length, length, (0,), margin, max(overlap - 2 * margin, 1), out_length)
     stride = tile - overlap
     starts = list(range(0, length - tile, stride))
     starts.append(length - tile)
-    return TilePlan(length, tile, tuple(starts), margin, overlap - 2 * margin)
+    return TilePlan(length, tile, tuple(starts), margin, overlap - 2 * margin, out_length)
 
 
-def edge_ramp(n: int, margin: int, ramp: int, scale: int) -> np.ndarray:
-    """Weights of the first ``n`` output pixels next to an interior edge."""
-    t = np.arange(n, dtype=np.float64) + 0.5  # pixel centres, output pixels
-    lo, width = margin * scale, ramp * scale
+def _edge_ramp(t: np.ndarray, lo: float, width: float) -> np.ndarray:
+    """Weights of output pixels at distances ``t`` (output px) from an interior edge."""
     x = np.clip((t - lo) / width, 0.0, 1.0)
     w = np.sin(0.5 * math.pi * x) ** 2
     w[t < lo] = 0.0
     return w
 
 
-def tile_weights(plan: TilePlan, index: int, scale: int) -> np.ndarray:
-    """1-D output-resolution weight window of tile ``index`` of ``plan``."""
-    n = plan.tile * scale
-    w = np.ones(n, dtype=np.float64)
-    k = min((plan.margin + plan.ramp) * scale, n)
-    ramp = edge_ramp(k, plan.margin, plan.ramp, scale)
+def tile_weights(plan: TilePlan, index: int) -> np.ndarray:
+    """1-D weight window of tile ``index`` over its span of the output grid: 0 over the
+    margin next to a neighbour, a raised cosine over the ramp, 1 elsewhere."""
+    start, stop = plan.out_span(index)
+    s = plan.scale
+    centres = np.arange(start, stop, dtype=np.float64) + 0.5
+    lo, width = plan.margin * s, plan.ramp * s
+    w = np.ones(stop - start, dtype=np.float64)
     if index > 0:  # left/top neighbour
-        w[:k] *= ramp
+        w *= _edge_ramp(centres - plan.starts[index] * s, lo, width)
     if index < plan.count - 1:  # right/bottom neighbour
-        w[n - k :] *= ramp[::-1]
+        w *= _edge_ramp((plan.starts[index] + plan.tile) * s - centres, lo, width)
     return w
 
 
-def weight_sum(plan: TilePlan, scale: int) -> np.ndarray:
-    """Summed weights of all tiles along the axis, at output resolution."""
-    total = np.zeros(plan.length * scale, dtype=np.float64)
-    for i, s in enumerate(plan.starts):
-        total[s * scale : (s + plan.tile) * scale] += tile_weights(plan, i, scale)
+def weight_sum(plan: TilePlan) -> np.ndarray:
+    """Summed weights of all tiles along the axis, over the output grid."""
+    total = np.zeros(plan.out_length, dtype=np.float64)
+    for i in range(plan.count):
+        start, stop = plan.out_span(i)
+        total[start:stop] += tile_weights(plan, i)
     if total.min() <= 0:
         raise AssertionError("tile grid leaves pixels without weight")  # a bug, never input
     return total
+
+
+@dataclass(frozen=True)
+class TileWindow:
+    """Where one tile of a batch lies: its id (row-major), grid position, LR origin, and its
+    rectangle on the global output grid, with the effective scale of each axis."""
+
+    index: int
+    row: int
+    col: int
+    y0: int
+    x0: int
+    out_y0: int
+    out_x0: int
+    out_h: int
+    out_w: int
+    scale_y: float
+    scale_x: float
+
+
+TileFn = Callable[[torch.Tensor, list[TileWindow]], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -133,10 +187,10 @@ class TileConfig:
             raise UsageError(f"--overlap {overlap} must be smaller than --tile {tile}")
         return cls(tile, overlap, margin, size_multiple, batch_size)
 
-    def plans(self, height: int, width: int) -> tuple[TilePlan, TilePlan]:
+    def plans(self, height: int, width: int, scale: float = 1.0) -> tuple[TilePlan, TilePlan]:
         return (
-            plan_axis(height, self.tile, self.overlap, self.margin),
-            plan_axis(width, self.tile, self.overlap, self.margin),
+            plan_axis(height, self.tile, self.overlap, self.margin, output_length(height, scale)),
+            plan_axis(width, self.tile, self.overlap, self.margin, output_length(width, scale)),
         )
 
     def count(self, height: int, width: int) -> int:
@@ -184,21 +238,24 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 def tile_batches(
-    image: np.ndarray, config: TileConfig
-) -> Iterator[tuple[list[tuple[int, int]], torch.Tensor]]:
+    image: np.ndarray, config: TileConfig, scale: float = 1.0
+) -> Iterator[tuple[list[TileWindow], torch.Tensor]]:
     """Batches of ``batch_size`` tiles in row-major order, running on across tile rows:
-    ((tile row, tile column) of each tile, float batch).
+    (each tile's window, float batch).
 
-    Every consumer (the tiler, a router's pre-pass, an exit map) walks tiles in
-    this one order.
+    Every consumer (the tiler, a router's pre-pass, an exit map) numbers tiles in this
+    one order.
     """
-    py, px = config.plans(image.shape[0], image.shape[1])
-    where: list[tuple[int, int]] = []
+    py, px = config.plans(image.shape[0], image.shape[1], scale)
+    where: list[TileWindow] = []
     tiles: list[torch.Tensor] = []
     for i, y0 in enumerate(py.starts):
         band = to_float(image[y0 : y0 + py.tile])  # one conversion per tile row
+        oy0, oy1 = py.out_span(i)
         for j, x0 in enumerate(px.starts):
-            where.append((i, j))
+            ox0, ox1 = px.out_span(j)
+            where.append(TileWindow(i * px.count + j, i, j, y0, x0, oy0, ox0, oy1 - oy0,
+                                    ox1 - ox0, py.scale, px.scale))
             tiles.append(band[:, :, x0 : x0 + px.tile])
             if len(tiles) == config.batch_size or (i, j) == (py.count - 1, px.count - 1):
                 yield where, _pad_to_multiple(torch.stack(tiles), config.size_multiple)
@@ -209,27 +266,29 @@ def tiled_upscale(
     image: np.ndarray,
     fn: TileFn,
     *,
-    scale: int,
+    scale: float,
     config: TileConfig,
     out_dtype: np.dtype | None = None,
     on_tiles: Callable[[int], None] | None = None,
 ) -> Iterator[np.ndarray]:
     """Upscale ``image`` (H, W, C) tile by tile; yield output bands top to bottom.
 
-    ``fn`` maps a float batch (N, C, h, w) in [0, 1] to (N, C, h*scale, w*scale).
-    Bands are (rows, W*scale, C) arrays of ``out_dtype`` (default: the input's).
+    ``fn(batch, windows)`` maps a float batch (N, C, h, w) in [0, 1] to (N, C, h', w') with
+    h', w' at least each tile's ``out_h``, ``out_w`` (a fixed-scale network returns
+    h*s x w*s; extra rows and columns are cut). Bands are (rows, W', C) arrays of
+    ``out_dtype`` (default: the input's), W' = round_half_up(scale * W).
     ``on_tiles(n)`` is called after each batch with the number of tiles done in it.
     """
     height, width, channels = image.shape
     dtype = np.dtype(out_dtype or image.dtype)
-    py, px = config.plans(height, width)
-    s = scale
-    wx = [torch.from_numpy(tile_weights(px, j, s)).float() for j in range(px.count)]
-    wy = [torch.from_numpy(tile_weights(py, i, s)).float()[None, :, None] for i in range(py.count)]
-    norm_x = torch.from_numpy(1.0 / weight_sum(px, s)).float()
-    norm_y = torch.from_numpy(1.0 / weight_sum(py, s)).float()
-    rows, cols_out = py.tile * s, px.tile * s
-    acc = torch.zeros(channels, rows, width * s)  # grows to the rows one batch touches
+    py, px = config.plans(height, width, scale)
+    wx = [torch.from_numpy(tile_weights(px, j)).float() for j in range(px.count)]
+    wy = [torch.from_numpy(tile_weights(py, i)).float()[None, :, None] for i in range(py.count)]
+    norm_x = torch.from_numpy(1.0 / weight_sum(px)).float()
+    norm_y = torch.from_numpy(1.0 / weight_sum(py)).float()
+    out_w = px.out_length
+    rows = max(stop - start for start, stop in map(py.out_span, range(py.count)))
+    acc = torch.zeros(channels, rows, out_w)  # grows to the rows one batch touches
     acc_top = 0  # output row of acc[:, 0]: the first row of the oldest unfinished tile row
 
     def flush(upto: int) -> Iterator[np.ndarray]:
@@ -245,17 +304,18 @@ def tiled_upscale(
         acc[:, keep:] = 0
         acc_top = upto
 
-    for where, batch in tile_batches(image, config):
-        first, last = where[0][0], where[-1][0]
-        if py.starts[first] * s != acc_top:  # rows above this tile row are final
-            yield from flush(py.starts[first] * s)
-        need = py.starts[last] * s + rows - acc_top
+    for where, batch in tile_batches(image, config, scale):
+        top = where[0].out_y0
+        if top != acc_top:  # rows above this tile row are final
+            yield from flush(top)
+        need = where[-1].out_y0 + where[-1].out_h - acc_top
         if need > acc.shape[1]:
-            acc = torch.cat([acc, acc.new_zeros(channels, need - acc.shape[1], width * s)], 1)
-        out = fn(batch)[..., :rows, :cols_out].float().cpu()
-        for k, (i, j) in enumerate(where):
-            y0, x0 = py.starts[i] * s - acc_top, px.starts[j] * s
-            acc[:, y0 : y0 + rows, x0 : x0 + cols_out] += out[k] * wy[i] * wx[j]
+            acc = torch.cat([acc, acc.new_zeros(channels, need - acc.shape[1], out_w)], 1)
+        out = fn(batch, where).float().cpu()
+        for k, win in enumerate(where):
+            y0 = win.out_y0 - acc_top
+            acc[:, y0 : y0 + win.out_h, win.out_x0 : win.out_x0 + win.out_w] += (
+                out[k, :, : win.out_h, : win.out_w] * wy[win.row] * wx[win.col])
         if on_tiles is not None:
             on_tiles(len(where))
-    yield from flush(height * s)
+    yield from flush(py.out_length)

@@ -9,6 +9,7 @@ printing only.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
@@ -34,14 +35,14 @@ from sr_tile.models import DEFAULT_MODEL, create_model
 from sr_tile.models.descriptor import Routing
 from sr_tile.routing import RoutingOptions
 from sr_tile.runner import FLOPS_CONVENTION, TileRunner, make_runner
-from sr_tile.tiler import TileConfig, tiled_upscale
+from sr_tile.tiler import TileConfig, output_length, tiled_upscale
 
 
 @dataclass(frozen=True)
 class UpscaleOptions:
     """Everything that decides how an image is upscaled (the CLI's flags)."""
 
-    scale: int = 4
+    scale: float = 4  # any float the model supports; the output is round_half_up(scale * size)
     model: str = DEFAULT_MODEL
     tile: int | None = None  # LR tile side; None: the model's default
     overlap: int | None = None  # LR overlap; None: the model's default
@@ -62,8 +63,8 @@ class UpscaleOptions:
             raise UsageError(f"--alpha must be bicubic or model, not {self.alpha!r}")
         if self.max_pixels is not None and self.max_pixels <= 0:
             raise UsageError(f"--max-pixels must be positive, not {self.max_pixels}")
-        if self.scale <= 0:
-            raise UsageError(f"--scale must be positive, not {self.scale}")
+        if not math.isfinite(self.scale) or self.scale <= 1:
+            raise UsageError(f"--scale must be a number greater than 1, not {self.scale!r}")
         for name in ("tile", "batch_size"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be positive, "
@@ -86,7 +87,7 @@ class ImageReport:
     height: int | None = None
     out_width: int | None = None
     out_height: int | None = None
-    scale: int | None = None
+    scale: float | None = None
     model: str | None = None
     tiles: int | None = None
     latency_s: float | None = None  # model compute only
@@ -170,7 +171,7 @@ class Upscaler:
         self, pixels: np.ndarray, on_tiles: Callable[[int], None] | None = None
     ) -> Iterator[np.ndarray]:
         """Yield output bands of ``pixels`` (H, W, C) upscaled; constant alpha skips work."""
-        s = self.options.scale
+        s = self.runner.scale
         self.runner.reset()
         self.runner.prepare(pixels, self.tiling)
         if pixels.shape[2] in (2, 4):
@@ -219,18 +220,19 @@ class Upscaler:
             (on_warning or _python_warning)(line)
         fmt = output_format_for(dst, opts.fmt, image.meta.format)
         h, w = image.height, image.width
-        s = opts.scale
+        s = self.runner.scale
+        out_h, out_w = output_length(h, s), output_length(w, s)
         if on_start is not None:
             on_start(self.tile_count(w, h))
         bands = self.upscale_array(image.pixels, on_tiles)
         write_image(
             dst,
             bands,
-            width=w * s,
-            height=h * s,
+            width=out_w,
+            height=out_h,
             channels=image.channels,
             dtype=image.pixels.dtype,
-            meta=image.meta.scaled(s, w * s, h * s),
+            meta=image.meta.scaled(s, out_w, out_h),
             fmt=fmt,
             options=opts.write,
             overwrite=opts.overwrite,
@@ -247,8 +249,8 @@ class Upscaler:
             output=str(dst),
             width=w,
             height=h,
-            out_width=w * s,
-            out_height=h * s,
+            out_width=out_w,
+            out_height=out_h,
             scale=s,
             model=self.descriptor.name,
             tiles=self.tile_count(w, h),

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -237,3 +238,22 @@ def test_default_model_uses_shipped_weights_with_no_flags(tmp_path, small_png):
     assert image["model"] == DEFAULT_MODEL and image["scale"] == 4
     assert image["flops_static"] > 0 and image["exits"] is not None
     assert (small_png.parent / "small_x4.png").is_file()
+
+
+def test_non_integer_scale_from_the_command_line(tmp_path, astronaut):
+    src = tmp_path / "x.png"
+    rgba = np.dstack([astronaut[:41, :57], np.linspace(0, 255, 41 * 57).reshape(41, 57)
+                      .astype(np.uint8)])
+    Image.fromarray(rgba).save(src)
+    result = run("upscale", src, "--scale", "2.5", "--model", "bicubic", "--json",
+                 tmp_path / "r.json")
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / "x_x2.5.png") as im:
+        assert im.size == (143, 103) and im.mode == "RGBA"  # round-half-up(2.5 * 57, 41)
+    (image,) = json.loads((tmp_path / "r.json").read_text())["images"]
+    assert image["scale"] == 2.5 and (image["out_width"], image["out_height"]) == (143, 103)
+    result = run("upscale", src, "--scale", "2.5", "-o", tmp_path / "e.png")
+    assert result.exit_code == 2 and "supports x2, x3, x4" in result.stderr
+    for bad in ("1", "0.5", "nan", "100"):
+        result = run("upscale", src, "--scale", bad, "-m", "bicubic", "-o", tmp_path / "b.png")
+        assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, bad

@@ -159,7 +159,7 @@ def test_whole_image_estimates_equal_tile_by_tile(varied_weights, astronaut, til
     runner = up.runner
     runner.reset()
     runner.prepare(picture, up.tiling)
-    u, blank = runner.take_estimates(up.tiling.count(*picture.shape[:2]))
+    u, blank = runner.take_estimates(list(range(up.tiling.count(*picture.shape[:2]))))
     tiles = torch.cat([batch for _, batch in tile_batches(picture, up.tiling)])
     with torch.no_grad():
         want_u, want_blank = up.model.estimate(tiles.expand(-1, 3, -1, -1))

@@ -13,6 +13,11 @@ from sr_tile.tiler import TileConfig, plan_axis, tile_weights, tiled_upscale, we
 SCALE = 2
 
 
+def per_batch(net):
+    """A network as the tiler's ``fn(batch, windows)`` (a fixed-scale net needs no windows)."""
+    return lambda x, windows: net(x)
+
+
 def random_sr_net(seed: int = 0) -> nn.Module:
     """A random conv SR net with receptive-field radius 3 (three 3x3 convs) + pixel shuffle."""
     torch.manual_seed(seed)
@@ -39,7 +44,7 @@ def tiled(net: nn.Module, image: np.ndarray, tile: int, overlap: int, margin: in
         batch_size=batch,
     )
     with torch.no_grad():
-        bands = list(tiled_upscale(image, net, scale=SCALE, config=config))
+        bands = list(tiled_upscale(image, per_batch(net), scale=SCALE, config=config))
     return np.concatenate(bands, axis=0)
 
 
@@ -76,7 +81,8 @@ def test_batches_running_across_tile_rows_change_nothing(photo, batch):
     config = TileConfig.resolve(tile=24, overlap=8, margin=3, default_tile=64,
                                 default_overlap=8, batch_size=batch)
     with torch.no_grad():
-        bands = list(tiled_upscale(photo, net, scale=SCALE, config=config, on_tiles=done.append))
+        bands = list(tiled_upscale(photo, per_batch(net), scale=SCALE, config=config,
+                                   on_tiles=done.append))
     assert sum(done) == config.count(*photo.shape[:2]) and max(done) <= batch
     assert sum(b.shape[0] for b in bands) == 300  # every output row exactly once, in order
     assert np.abs(np.concatenate(bands, axis=0) - ref).max() < 1e-4
@@ -102,9 +108,10 @@ def test_grid_covers_every_pixel_with_positive_weight(length, tile, overlap, mar
     plan = plan_axis(length, tile, overlap, margin)
     assert plan.starts[0] == 0 and plan.starts[-1] + plan.tile == length
     assert all(b - a <= tile - overlap for a, b in zip(plan.starts, plan.starts[1:]))
-    total = weight_sum(plan, 4)
+    plan = plan_axis(length, tile, overlap, margin, length * 4)
+    total = weight_sum(plan)
     assert total.shape == (length * 4,) and total.min() > 0
-    w = tile_weights(plan, 1, 4)
+    w = tile_weights(plan, 1)
     assert w[: margin * 4].sum() == 0 and w[-margin * 4 or len(w) :].sum() == 0  # discarded
     if tile > 2 * overlap:
         assert w.max() == 1.0  # interior kept whole
@@ -114,7 +121,7 @@ def test_integer_images_round_trip_dtype():
     image = (np.random.default_rng(1).random((40, 50, 3)) * 65535).astype(np.uint16)
     config = TileConfig.resolve(tile=16, overlap=8, margin=1, default_tile=16, default_overlap=8)
     up = nn.Upsample(scale_factor=2, mode="nearest")
-    out = np.concatenate(list(tiled_upscale(image, up, scale=2, config=config)))
+    out = np.concatenate(list(tiled_upscale(image, per_batch(up), scale=2, config=config)))
     assert out.dtype == np.uint16
     assert np.array_equal(out, image.repeat(2, 0).repeat(2, 1))
 
@@ -122,7 +129,7 @@ def test_integer_images_round_trip_dtype():
 def test_size_multiple_pads_small_images():
     seen = []
 
-    def fn(x):
+    def fn(x, windows):
         seen.append(tuple(x.shape[-2:]))
         return nn.functional.interpolate(x, scale_factor=2, mode="nearest")
 
@@ -143,3 +150,56 @@ def test_bad_tiling_options_are_config_errors(tile, overlap, margin):
         TileConfig.resolve(
             tile=tile, overlap=overlap, margin=margin, default_tile=32, default_overlap=8
         )
+
+
+@pytest.mark.parametrize("length,out_length", [(37, 93), (100, 230), (64, 160), (10, 37)])
+def test_output_spans_tile_the_global_grid_exactly(length, out_length):
+    """Every output pixel belongs to the spans of the tiles whose LR span holds its centre;
+    the spans meet the ends of the output; integer scales give y0 * s."""
+    plan = plan_axis(length, 16, 6, 1, out_length)
+    spans = [plan.out_span(i) for i in range(plan.count)]
+    assert spans[0][0] == 0 and spans[-1][1] == out_length
+    covered = np.zeros(out_length, dtype=int)
+    for (a, b), y0 in zip(spans, plan.starts):
+        covered[a:b] += 1
+        centres = (np.arange(a, b) + 0.5) * length / out_length
+        assert (centres >= y0).all() and (centres < y0 + plan.tile).all()
+    assert covered.min() >= 1 and weight_sum(plan).min() > 0
+    whole = plan_axis(length, 16, 6, 1, length * 3)
+    assert [whole.out_span(i)[0] for i in range(whole.count)] == [3 * y for y in whole.starts]
+
+
+def test_non_integer_scale_bicubic_is_the_whole_image_resize_at_any_tile(tmp_path):
+    """--scale 2.5 -m bicubic: round-half-up(2.5 W) x round-half-up(2.5 H), equal to a
+    whole-image MATLAB resize to that size, whatever the tile size (no rounding seams)."""
+    from skimage import data
+
+    from sr_tile.imresize import imresize_np
+    from sr_tile.upscale import UpscaleOptions, Upscaler
+
+    photo = np.ascontiguousarray(data.astronaut()[:101, :147])  # odd sizes: 2.5 x is x.5
+    want_h, want_w = int(np.floor(101 * 2.5 + 0.5)), int(np.floor(147 * 2.5 + 0.5))
+    reference = imresize_np(photo.astype(np.float64), out_size=(want_h, want_w),
+                            antialias=False)
+    outs = []
+    for tile in (24, 40, 256):
+        up = Upscaler(UpscaleOptions(model="bicubic", scale=2.5, tile=tile))
+        out = up.upscale_whole(photo)
+        assert out.shape == (want_h, want_w, 3) and out.dtype == np.uint8
+        assert np.abs(out.astype(float) - np.clip(reference, 0, 255)).max() <= 1.0
+        outs.append(out.astype(int))
+    assert max(np.abs(a - outs[0]).max() for a in outs[1:]) <= 1
+
+
+def test_scale_checks(tmp_path):
+    from sr_tile.errors import UsageError
+    from sr_tile.models import get_entry
+
+    bicubic, enaf = get_entry("bicubic"), get_entry("enaf-fsrcnn")
+    assert bicubic.resolve_scale(2.5) == 2.5 and bicubic.resolve_scale(4.0) == 4
+    assert isinstance(bicubic.resolve_scale(4.0), int) and enaf.resolve_scale(3.0) == 3
+    for entry, scale, words in [(enaf, 2.5, "supports x2, x3, x4"), (bicubic, 1.0, "greater"),
+                                (bicubic, float("nan"), "greater"), (bicubic, 0.5, "greater"),
+                                (bicubic, 100.0, "limit")]:
+        with pytest.raises(UsageError, match=words):
+            entry.resolve_scale(scale)

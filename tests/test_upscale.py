@@ -71,9 +71,9 @@ def test_constant_alpha_passes_through_without_work(tmp_path, astronaut):
         def __getattr__(self, name):
             return getattr(self.real, name)
 
-        def __call__(self, batch):
+        def __call__(self, batch, windows):
             calls.append(batch.shape[1])
-            return self.real(batch)
+            return self.real(batch, windows)
 
     up.runner = Spy(up.runner)
     out = np.concatenate(list(up.upscale_array(read_image(src).pixels)))
@@ -126,10 +126,10 @@ def test_flops_are_counted_before_the_timed_batches(monkeypatch, astronaut, rout
     counted_while_timed = []
     real_call, real_count = runner_type.__call__, sr_tile.flops.count_flops
 
-    def call(self, batch):
+    def call(self, batch, windows):
         timed[0] = True
         try:
-            return real_call(self, batch)
+            return real_call(self, batch, windows)
         finally:
             timed[0] = False
 

@@ -157,7 +157,9 @@ def _finish(plan: RunPlan, reports: list[ImageReport], upscaler: Upscaler | None
 @handle_errors
 def upscale(
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders or quoted globs.")],
-    scale: Annotated[int, typer.Option("--scale", "-s", help="Upscaling factor.")] = 4,
+    scale: Annotated[float, typer.Option(
+        "--scale", "-s", help="Upscaling factor: 2, 3, 4, or any float the model supports (2.5).")
+    ] = 4,
     output: Annotated[
         Optional[str], typer.Option("--output", "-o", help="Output file (one input only).")
     ] = None,
@@ -216,6 +218,7 @@ def upscale(
     """Upscale images tile by tile; print latency and FLOPs per image."""
     from sr_tile.upscale import UpscaleOptions, Upscaler
 
+    scale = int(scale) if float(scale).is_integer() else scale  # x4 stays "4" in names, JSON
     options = UpscaleOptions(
         scale=scale,
         model=model,

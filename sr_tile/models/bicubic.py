@@ -9,16 +9,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sr_tile.imresize import imresize
+from sr_tile.imresize import bicubic_grid, imresize
 from sr_tile.models.descriptor import ModelDescriptor
 
 TAPS = 4  # the cubic kernel spans 4 LR pixels when upscaling
 
 
 class Bicubic(nn.Module):
-    """Upscale by an integer factor with MATLAB's bicubic kernel (symmetric borders)."""
+    """Upscale with MATLAB's bicubic kernel (symmetric borders), at any scale > 1.
 
-    def __init__(self, *, scale: int = 4) -> None:
+    ``forward(x)`` resizes a tile by an integer factor; at other scales the runner passes the
+    tile's window of the whole image's output grid (``coords``) and the tile is sampled there,
+    so the tiled result equals a whole-image ``imresize`` to the output size.
+    """
+
+    def __init__(self, *, scale: float = 4) -> None:
         super().__init__()
         self.scale = scale
         self.descriptor = ModelDescriptor(
@@ -31,7 +36,10 @@ class Bicubic(nn.Module):
             flops_note="interpolation counted at 2 FLOPs per tap (papers count path 0 as 0)",
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor,
+                coords: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        if coords is not None:
+            return bicubic_grid(x, *coords)
         return imresize(x, self.scale, antialias=False)
 
     def flops(self, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:

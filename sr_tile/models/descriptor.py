@@ -24,7 +24,8 @@ class ModelDescriptor:
 
     Attributes:
         name: registry name, e.g. ``"bicubic"`` or ``"enaf-fsrcnn"``.
-        scale: the upscaling factor this instance was built for.
+        scale: the upscaling factor this instance was built for (an int for fixed-scale
+            networks; any float > 1 for a model that samples an output grid).
         in_channels: colour channels the network takes (3: RGB).
         size_multiple: tile sides must be a multiple of this (window attention);
             the tiler pads with reflection where an image is smaller.
@@ -40,7 +41,7 @@ class ModelDescriptor:
     """
 
     name: str
-    scale: int
+    scale: float
     in_channels: int = 3
     size_multiple: int = 1
     margin: int = 0

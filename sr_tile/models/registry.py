@@ -10,6 +10,7 @@ A new family is a package under ``sr_tile.models`` plus its rows here.
 from __future__ import annotations
 
 import importlib
+import math
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -33,15 +34,39 @@ class ModelEntry:
     family: str
     summary: str
     build: str
-    scales: tuple[int, ...]
+    scales: tuple[int, ...]  # integer scales it is built for
     weights: dict[int, str] = field(default_factory=dict)  # scale -> file in weights/
     routing: str = "none"
     kwargs: dict[str, Any] = field(default_factory=dict)
+    scale_range: tuple[float, float] | None = None  # (low, high]: any scale in it as well
+
+    def describe_scales(self) -> str:
+        ints = ", ".join(f"x{s}" for s in self.scales)
+        if self.scale_range is None:
+            return ints
+        low, high = self.scale_range
+        return f"any scale in ({low:g}, {high:g}]" + (f" ({ints} exact)" if ints else "")
+
+    def resolve_scale(self, scale: float) -> int | float:
+        """``scale`` as this model is built for it (an int when it is one); UsageError when
+        the model cannot do it."""
+        if not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 1:
+            raise UsageError(f"--scale must be a number greater than 1, not {scale!r}")
+        if scale > MAX_SCALE:
+            raise UsageError(f"--scale {scale:g} is more than sr-tile's limit of {MAX_SCALE}")
+        if float(scale).is_integer() and int(scale) in self.scales:
+            return int(scale)
+        if self.scale_range is not None and self.scale_range[0] < scale <= self.scale_range[1]:
+            return int(scale) if float(scale).is_integer() else float(scale)
+        raise UsageError(f"model {self.name} supports {self.describe_scales()}, "
+                         f"not x{scale:g}")
 
     def builder(self) -> Any:
         module, _, function = self.build.partition(":")
         return getattr(importlib.import_module(module), function)
 
+
+MAX_SCALE = 16  # a larger factor is a typo, not a request (x16 of 8K is 128K pixels wide)
 
 _ENAF = ("ENAF multi-exit {}: bicubic path, 2 early exits, full network; a PSNR estimator "
          "picks one per 32x32 patch")
@@ -50,7 +75,8 @@ MODELS: dict[str, ModelEntry] = {
     entry.name: entry
     for entry in (
         ModelEntry("bicubic", "bicubic", "MATLAB-style bicubic interpolation: the baseline every "
-                   "model is read against", "sr_tile.models.bicubic:Bicubic", (2, 3, 4, 8)),
+                   "model is read against", "sr_tile.models.bicubic:Bicubic", (2, 3, 4, 8),
+                   scale_range=(1.0, MAX_SCALE)),
         ModelEntry("enaf-fsrcnn", "enaf", _ENAF.format("FSRCNN"), "sr_tile.models.enaf:build",
                    (2, 3, 4), {4: "enaf-fsrcnn-x4.safetensors"}, "exits", {"backbone": "fsrcnn"}),
         ModelEntry("enaf-carn", "enaf", _ENAF.format("CARN-M"), "sr_tile.models.enaf:build",
@@ -90,7 +116,7 @@ def shipped_weights(name: str, scale: int) -> Path | None:
 
 
 def create_model(
-    name: str, *, scale: int = 4, weights: bool | str | Path = True
+    name: str, *, scale: float = 4, weights: bool | str | Path = True
 ) -> "nn.Module":
     """Build model `name` for `scale`; the single factory every command uses.
 
@@ -100,9 +126,7 @@ def create_model(
     ``descriptor``; presets calibrated at training time are read from the file.
     """
     entry = get_entry(name)
-    if scale not in entry.scales:
-        supported = ", ".join(f"x{s}" for s in entry.scales)
-        raise UsageError(f"model {name} supports {supported}, not x{scale}")
+    scale = entry.resolve_scale(scale)
     from sr_tile.models.checkpoint import load_weights
     from sr_tile.runner import runner_class
 

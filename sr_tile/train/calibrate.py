@@ -33,7 +33,7 @@ from sr_tile.models.enaf import EnafSR
 from sr_tile.models.enaf.routing import fuse
 from sr_tile.models.enaf.runner import ExitRunner
 from sr_tile.routing import RoutingOptions
-from sr_tile.tiler import TileConfig
+from sr_tile.tiler import TileConfig, TileWindow
 from sr_tile.upscale import UpscaleOptions, Upscaler
 
 # M is the bar for routing: at most 0.05 dB below the full network.
@@ -82,12 +82,13 @@ class SweepRunner(ExitRunner):
         else:
             self.flops += self._estimator_flops
 
-    def run_rgb(self, x: torch.Tensor, *, routed: bool) -> torch.Tensor:
+    def run_rgb(self, x: torch.Tensor, windows: list[TileWindow], *,
+                routed: bool) -> torch.Tensor:
         n, (h, w) = x.shape[0], x.shape[-2:]
         costs = self.model.backbone.path_flops(h, w)
         self.flops_static += costs[-1] * n
         if self.setting is None:
-            u, blank = self.take_estimates(n)
+            u, blank = self.take_estimates([w.index for w in windows])
             outs = self.model.backbone.path_outputs(x, range(self.model.num_paths))
             self.recorded.append((u, blank, torch.stack([outs[p] for p in sorted(outs)])))
             self.flops += costs[-1] * n
@@ -97,7 +98,7 @@ class SweepRunner(ExitRunner):
         eta, gamma = self.setting
         paths = fuse(u, blank, self.model.costs(h, w), eta=eta, gamma=gamma)
         chosen = paths.tolist()
-        self.paths += chosen
+        self.record_paths(windows, chosen)
         self.flops += sum(costs[p] for p in chosen)
         return outs[paths, torch.arange(n)]
 

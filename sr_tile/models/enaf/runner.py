@@ -20,7 +20,7 @@ from sr_tile.models.enaf.model import ESTIMATOR_PART, EnafSR
 from sr_tile.models.enaf.routing import eta_for_budget, fuse, resolve
 from sr_tile.routing import RoutingOptions
 from sr_tile.runner import FLOPS_CONVENTION, TileRunner
-from sr_tile.tiler import TilePlan, TileConfig, to_float
+from sr_tile.tiler import TileConfig, TilePlan, TileWindow, to_float
 
 ESTIMATOR_BATCH = 256  # off-grid tiles per estimator pass (~2x faster per tile than 32)
 ESTIMATOR_ROWS = 256  # LR rows per band of the whole-image estimator map (bounds its memory)
@@ -52,7 +52,6 @@ class ExitRunner(TileRunner):
         self.paths: list[int] = []
         self._u = torch.empty(0, self.model.num_paths)  # every tile's estimate, row-major
         self._blank = torch.empty(0, dtype=torch.bool)
-        self._next = 0  # the first tile the next batch holds
 
     def prepare(self, image: np.ndarray, tiling: TileConfig) -> None:
         """Estimate every tile before the first batch runs; with a budget, then pick this
@@ -72,7 +71,6 @@ class ExitRunner(TileRunner):
             self._u = self._estimate(color, py, px)
             self._blank = (self._blank_flags(color, py, px) if self.gamma != 0
                            else torch.zeros(py.count * px.count, dtype=torch.bool))
-        self._next = 0
         if self.routing.budget is not None:
             full = self.model.backbone.path_flops(height, width)[-1]
             self.eta = eta_for_budget(
@@ -157,13 +155,20 @@ class ExitRunner(TileRunner):
             flags.append(sums / ((py.tile - 2) * (px.tile - 2)) <= BLANK_THRESHOLD)
         return torch.cat(flags)
 
-    def take_estimates(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The next ``n`` tiles' estimates and blank flags (batches come in tile order)."""
-        k = self._next
-        self._next += n
-        return self._u[k:k + n], self._blank[k:k + n]
+    def take_estimates(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The estimates and blank flags of the tiles ``indices`` (row-major ids)."""
+        where = torch.tensor(indices, dtype=torch.long)
+        return self._u[where], self._blank[where]
 
-    def run_rgb(self, x: torch.Tensor, *, routed: bool) -> torch.Tensor:
+    def record_paths(self, windows: list[TileWindow], chosen: list[int]) -> None:
+        """Keep the path of each tile under its id (batches may come in any order)."""
+        for window, path in zip(windows, chosen):
+            if window.index >= len(self.paths):
+                self.paths += [-1] * (window.index + 1 - len(self.paths))
+            self.paths[window.index] = path
+
+    def run_rgb(self, x: torch.Tensor, windows: list[TileWindow], *,
+                routed: bool) -> torch.Tensor:
         costs = self.model.backbone.path_flops(*x.shape[-2:])
         self.flops_static += costs[-1] * x.shape[0]
         if not routed:
@@ -172,11 +177,11 @@ class ExitRunner(TileRunner):
         if self.routing.path is not None:  # a fixed exit: no estimator runs, none is counted
             paths = torch.full((x.shape[0],), self.routing.path, dtype=torch.long)
         else:
-            u, blank = self.take_estimates(x.shape[0])  # prepare() estimated every tile
+            u, blank = self.take_estimates([w.index for w in windows])  # from prepare()
             paths = fuse(u, blank, self.model.costs(*x.shape[-2:]), eta=self.eta,
                          gamma=self.gamma)
         chosen = paths.tolist()
-        self.paths += chosen
+        self.record_paths(windows, chosen)
         self.flops += sum(costs[p] for p in chosen)
         return self.model.backbone.forward_paths(x, paths)
 
