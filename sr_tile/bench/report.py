@@ -40,7 +40,6 @@ FLOPS_CONVENTION_NOTE = (
     "(FSRCNN x4 = 468 M per 32x32 LR patch); routed rows include the PSNR estimator; "
     "path 0 (bicubic) inside a routed model counts 0, the bicubic row counts 2 FLOPs per tap"
 )
-EXIT_KEYS = ("bicubic", "exit1", "exit2", "full")
 
 
 def _num(x: float | None) -> float | None:
@@ -68,10 +67,13 @@ def _image_dict(im: ImageResult) -> dict[str, Any]:
         "height": im.height,
         "tiles": im.tiles,
         "lr_source": im.lr_source,
-        "eta": _num(im.eta),
-        "exits": im.exits,
-        "token_sparsity": _num(im.token_sparsity),
+        **_extras(im.extras),
     }
+
+
+def _extras(extras: dict[str, Any]) -> dict[str, Any]:
+    """A family's fields as JSON: numbers finite or null, the rest as they are."""
+    return {k: _num(v) if isinstance(v, float) else v for k, v in extras.items()}
 
 
 def _deltas(result: BenchResult, row: RowResult, mean: dict) -> dict[str, float | None]:
@@ -98,7 +100,7 @@ def _row_dict(result: BenchResult, row: RowResult) -> dict[str, Any]:
         "label": spec.label,
         "kind": spec.kind,
         "routed": spec.route and spec.dynamic,
-        "eta": spec.routing.eta if spec.kind == "sweep" else mean["eta"],
+        "eta": spec.routing.eta if spec.kind == "sweep" else mean.get("eta"),
         "budget": spec.routing.budget if spec.route else None,
         "gamma": spec.routing.gamma if spec.route else None,
         "baseline": spec.baseline,
@@ -143,33 +145,50 @@ def to_dict(result: BenchResult) -> dict[str, Any]:
 # CSV: one line per (row, image), plus a "mean" line per row.
 
 CSV_COLUMNS = (
-    "dataset", "scale", "model", "label", "kind", "preset", "eta", "image", "status",
+    "dataset", "scale", "model", "label", "kind", "preset", "image", "status",
     "psnr_y", "ssim_y", "flops", "flops_static", "flops_pct", "latency_s", "wall_s", "io_s",
-    "tiles", *(f"exit_{k}" for k in EXIT_KEYS), "token_sparsity", "error",
+    "tiles", "error",
 )
 
 
+def _flat(extras: dict[str, Any]) -> dict[str, Any]:
+    """A family's fields as CSV cells: a mapping ``exits`` becomes ``exits_<key>`` columns."""
+    cells: dict[str, Any] = {}
+    for key, value in extras.items():
+        if isinstance(value, dict):
+            cells.update({f"{key}_{k}": v for k, v in value.items()})
+        else:
+            cells[key] = value
+    return cells
+
+
 def to_csv(result: BenchResult) -> str:
+    """Fixed columns, then every family field any row has (ENAF: eta, gamma, exits_*)."""
     data = to_dict(result)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in data["models"]:
-        base = {"dataset": data["dataset"], "scale": data["scale"], "model": row["model"],
-                "label": row["label"], "kind": row["kind"], "preset": row["preset"]}
-        lines = [(im["name"], im["status"], im, im["error"]) for im in row["images"]]
-        lines.append(("mean", "ok" if row["mean"]["n_images"] else "failed", row["mean"], None))
-        for name, status, values, error in lines:
-            exits = values.get("exits") or {}
-            writer.writerow({
-                **base, "eta": values.get("eta"), "image": name, "status": status,
-                **{k: values.get(k) for k in ("psnr_y", "ssim_y", "flops", "flops_static",
-                                              "flops_pct", "latency_s", "wall_s", "io_s",
-                                              "tiles", "token_sparsity")},
-                **{f"exit_{k}": exits.get(k) for k in EXIT_KEYS},
-                "error": error,
+    lines = []
+    for row in result.rows:
+        d = _row_dict(result, row)
+        base = {"dataset": data["dataset"], "scale": data["scale"], "model": d["model"],
+                "label": d["label"], "kind": d["kind"], "preset": d["preset"]}
+        mean_extras = {k: v for k, v in d["mean"].items() if k in _extra_keys(row)}
+        for im, values in [*((im, _image_dict(im)) for im in row.images), (None, d["mean"])]:
+            lines.append({
+                **base, "image": im.name if im else "mean",
+                "status": im.status if im else ("ok" if d["mean"]["n_images"] else "failed"),
+                **{k: values.get(k) for k in CSV_COLUMNS[8:-1]},
+                "error": im.error if im else None,
+                **_flat(im.extras if im else mean_extras),
             })
+    extra = list(dict.fromkeys(k for line in lines for k in line if k not in CSV_COLUMNS))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=[*CSV_COLUMNS, *extra], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(lines)
     return buf.getvalue()
+
+
+def _extra_keys(row: RowResult) -> set[str]:
+    return {k for im in row.images for k in im.extras}
 
 
 def write_csv(path: str | Path, result: BenchResult) -> None:
@@ -189,12 +208,6 @@ def _f(x: float | None, fmt: str, suffix: str = "") -> str:
     return text
 
 
-def _exits(shares: dict[str, float] | None) -> str:
-    if not shares:
-        return ""
-    return "/".join(f"{100 * shares.get(k, 0.0):.0f}" for k in EXIT_KEYS)
-
-
 def summary_table(result: BenchResult) -> Table:
     """One line per row, means over the images."""
     opts = result.options
@@ -212,7 +225,8 @@ def summary_table(result: BenchResult) -> Table:
             f"{f', {result.threads} torch thread(s)' if result.threads else ''}; "
             f"I/O apart: {_f(io_s, '.2f', ' s')} per image (decode + LR). "
             "Δ base: PSNR-Y against the row's own baseline (static backbone, or bicubic)."
-            + (" exits: % of patches on bicubic/exit 1/exit 2/full." if routed else "")
+            + (" routing: the family's own summary (ENAF: % of patches on bicubic/exit 1/"
+               "exit 2/full)." if routed else "")
         ),
         title_justify="left",
         caption_justify="left",
@@ -223,7 +237,7 @@ def summary_table(result: BenchResult) -> Table:
     )
     table.add_column("row", min_width=13)  # wraps on narrow terminals; numbers never do
     for name in ("PSNR-Y", "Δ base", "SSIM-Y", "FLOPs", "%static", "latency",
-                 *(["exits %"] if routed else [])):
+                 *(["routing"] if routed else [])):
         table.add_column(name, justify="right", no_wrap=True)
     for row in result.rows:
         m = _row_dict(result, row)["mean"]
@@ -235,7 +249,8 @@ def summary_table(result: BenchResult) -> Table:
             format_flops(m["flops"]) if m["flops"] is not None else "-",
             _f(m["flops_pct"], ".1f", "%"),
             _f(m["latency_s"], ".3f", " s"),
-            *([_exits(m["exits"])] if routed else []),
+            *([escape(row.describe({k: m[k] for k in _extra_keys(row) if m.get(k)
+                                    is not None}))] if routed else []),
             style="dim" if row.spec.kind == "sweep" else None,
         )
     return table

@@ -18,6 +18,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -116,9 +117,7 @@ class ImageResult:
     wall_runs: list[float] = field(default_factory=list)
     io_s: float | None = None  # decode + LR making, once per image
     tiles: int | None = None
-    eta: float | None = None
-    exits: dict[str, float] | None = None
-    token_sparsity: float | None = None
+    extras: dict[str, Any] = field(default_factory=dict)  # the runner's family fields
 
     @property
     def ok(self) -> bool:
@@ -139,6 +138,7 @@ class RowResult:
     overlap: int | None = None
     flops_note: str | None = None
     images: list[ImageResult] = field(default_factory=list)
+    describe: Callable[[dict[str, Any]], str] = field(default=lambda extras: "", repr=False)
 
     @property
     def ok_images(self) -> list[ImageResult]:
@@ -146,11 +146,10 @@ class RowResult:
 
     def mean(self) -> dict:
         """Means over the images that ran: quality and latency averaged per image; flops_pct is
-        total FLOPs over total static FLOPs; exit shares are weighted by tile count."""
+        total FLOPs over total static FLOPs; the runner's extras by :func:`mean_extras`."""
         ok = self.ok_images
         m: dict = {"psnr_y": None, "ssim_y": None, "flops": None, "flops_pct": None,
                    "latency_s": None, "flops_static": None, "wall_s": None, "io_s": None,
-                   "eta": None, "exits": None, "token_sparsity": None,
                    "n_images": len(ok), "n_failed": len(self.images) - len(ok)}
         if not ok:
             return m
@@ -165,17 +164,29 @@ class RowResult:
         m["latency_s"] = statistics.fmean(im.latency_s or 0.0 for im in ok)
         m["wall_s"] = statistics.fmean(im.wall_s or 0.0 for im in ok)
         m["io_s"] = statistics.fmean(im.io_s or 0.0 for im in ok)
-        etas = [im.eta for im in ok if im.eta is not None]
-        m["eta"] = statistics.fmean(etas) if etas else None
-        with_exits = [im for im in ok if im.exits]
-        if with_exits:
-            tiles = sum(im.tiles or 1 for im in with_exits)
-            keys = list(with_exits[0].exits or {})
-            m["exits"] = {k: sum((im.exits or {}).get(k, 0.0) * (im.tiles or 1)
-                                 for im in with_exits) / tiles for k in keys}
-        sparsity = [im.token_sparsity for im in ok if im.token_sparsity is not None]
-        m["token_sparsity"] = statistics.fmean(sparsity) if sparsity else None
+        m.update(mean_extras(ok))
         return m
+
+
+def mean_extras(images: list[ImageResult]) -> dict[str, Any]:
+    """A family's per-image fields over a row, without knowing the family: a number is
+    averaged per image; a mapping of numbers (shares of tiles, say) is weighted by each
+    image's tile count; anything else is kept when all images agree."""
+    out: dict[str, Any] = {}
+    for key in dict.fromkeys(k for im in images for k in im.extras):
+        values = [(im.extras[key], im.tiles or 1) for im in images
+                  if im.extras.get(key) is not None]
+        if not values:
+            out[key] = None
+        elif all(isinstance(v, (int, float)) for v, _ in values):
+            out[key] = statistics.fmean(float(v) for v, _ in values)
+        elif all(isinstance(v, dict) for v, _ in values):
+            tiles = sum(n for _, n in values)
+            names = dict.fromkeys(k for v, _ in values for k in v)
+            out[key] = {k: sum(v.get(k, 0.0) * n for v, n in values) / tiles for k in names}
+        elif all(v == values[0][0] for v, _ in values):
+            out[key] = values[0][0]
+    return out
 
 
 @dataclass
@@ -297,11 +308,7 @@ def _first_run(up: Upscaler, spec: RowSpec, name: str, pair: Pair) -> tuple[Imag
     runner = up.runner
     result.flops = int(runner.flops)
     result.flops_static = int(runner.flops_static)
-    extras = runner.extras()
-    result.exits = extras.get("exits")
-    eta = extras.get("eta")
-    result.eta = float(eta) if eta is not None and spec.route else None
-    result.token_sparsity = extras.get("token_sparsity")
+    result.extras = runner.extras()
     return result, sr
 
 
@@ -370,7 +377,8 @@ def _run(
     _drop_duplicate_sweeps(specs, upscalers)
     rows = [
         RowResult(spec, weights=options.weights.get(spec.model), tile=up.tiling.tile,
-                  overlap=up.tiling.overlap, flops_note=up.descriptor.flops_note or None)
+                  overlap=up.tiling.overlap, flops_note=up.descriptor.flops_note or None,
+                  describe=up.runner.describe)
         for spec, up in zip(specs, upscalers)
     ]
     samples = dataset.samples[: options.limit] if options.limit else dataset.samples
