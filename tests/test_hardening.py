@@ -511,3 +511,39 @@ def test_a_batch_of_bad_and_odd_files(tmp_path):
     summary = json.loads((tmp_path / "r.json").read_text())["summary"]
     assert summary == {"ok": len(goods) + len(odd), "failed": len(bad) + 1, "skipped": 0,
                        "not_run": 0}
+
+
+def test_over_long_paths_are_one_line_naming_them(tmp_path):
+    src = save(tmp_path / "photo.png")
+    long_out = tmp_path / ("o" * 300 + ".png")
+    result = run("upscale", src, *BICUBIC, "-o", long_out)
+    assert result.exit_code == 1
+    (line,) = lines(result.stderr)
+    assert str(long_out) in line and "File name too long" in line
+    long_in = tmp_path / ("i" * 300 + ".png")
+    result = run("upscale", long_in, *BICUBIC, "-d", tmp_path / "out")
+    assert result.exit_code == 1 and "internal error" not in result.stderr
+    (line,) = lines(result.stderr)
+    assert str(long_in.name[:50]) in line
+
+
+def test_a_report_in_a_read_only_folder_is_one_line(tmp_path, monkeypatch):
+    """As root nothing is read-only, so the refusal is simulated where the file is created."""
+    import builtins
+
+    src = save(tmp_path / "photo.png")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_open = builtins.open
+
+    def deny(file, mode="r", *args, **kwargs):
+        if str(file).startswith(str(locked)) and "x" in mode:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", deny)
+    result = run("upscale", src, *BICUBIC, "-o", tmp_path / "o.png", "--json", locked / "r.json")
+    assert result.exit_code == 1
+    (line,) = lines(result.stderr)
+    assert str(locked / "r.json") in line and "Permission denied" in line
+    assert (tmp_path / "o.png").is_file() and temps(tmp_path) == []
