@@ -411,3 +411,27 @@ def test_prepare_div8k_without_the_needed_images(tmp_path, astronaut):
     assert result.exit_code == 1 and "none of the DIV8K images needed" in result.output
     result = run("data", "prepare-div8k", src, tmp_path / "out", "--set", "Test16K")
     assert result.exit_code == 1 and "choose from Test2K, Test4K, Test8K" in result.output
+
+
+def test_bench_at_a_non_integer_scale(tmp_path, hr_folder):
+    """x2.5: each HR is cropped to a size its LR gives back exactly (round-half-up(2.5 * LR)),
+    the LR is a MATLAB resize to round-half-up(HR / 2.5), and bicubic's PSNR equals a
+    resize by hand of that LR back to the HR."""
+    from sr_tile.bench.datasets import lr_length, make_lr, mod_crop
+    from sr_tile.tiler import output_length
+
+    for n in range(20, 90):
+        m = mod_crop(np.zeros((n, n + 3, 3), np.uint8), 2.5)
+        assert all(output_length(lr_length(k, 2.5), 2.5) == k for k in m.shape[:2])
+        assert n - m.shape[0] <= 3 and mod_crop(np.zeros((n, n)), 4).shape[0] == n - n % 4
+    result = run("bench", hr_folder, "-m", "bicubic", "--scale", "2.5", "--repeat", "1",
+                 "--json", tmp_path / "r.json", "--cache-dir", tmp_path / "c")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["scale"] == 2.5
+    (row,) = report["models"]
+    hr = mod_crop(to_rgb8(np.asarray(Image.open(hr_folder / "a.png").convert("RGB"))), 2.5)
+    sr = imresize_np(make_lr(hr, 2.5), out_size=hr.shape[:2], antialias=False)
+    assert row["images"][0]["psnr_y"] == pytest.approx(psnr_y(sr, hr, 3), abs=0.02)
+    result = run("bench", hr_folder, "-m", "enaf-fsrcnn", "--scale", "2.5")
+    assert result.exit_code == 2 and "supports x2, x3, x4" in result.output

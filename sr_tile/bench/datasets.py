@@ -22,6 +22,7 @@ RGB, alpha is dropped, float images are taken as 0-1.
 from __future__ import annotations
 
 import hashlib
+import math
 import io
 import os
 import re
@@ -34,6 +35,7 @@ from sr_tile.errors import ConfigError, ImageReadError, ImageWriteError
 from sr_tile.imresize import imresize_np
 from sr_tile.io import read_image
 from sr_tile.io.atomic import write_bytes_atomic
+from sr_tile.tiler import output_length
 from sr_tile.paths import IMAGE_SUFFIXES
 
 __all__ = [
@@ -265,15 +267,38 @@ def to_rgb8(pixels: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(color)
 
 
-def mod_crop(img: np.ndarray, scale: int) -> np.ndarray:
-    """Crop the bottom/right so both sides are multiples of ``scale`` (ClassSR/BasicSR modcrop)."""
+def lr_length(length: int, scale: float) -> int:
+    """The LR length of an HR length: round-half-up(length / scale)."""
+    return int(math.floor(round(length / scale, 9) + 0.5))
+
+
+def _exact_length(length: int, scale: float) -> int:
+    """The largest HR length <= ``length`` that the tiler's output of its LR gives back
+    exactly: round-half-up(scale * lr_length(n)) == n (a multiple of ``scale`` at integer
+    scales)."""
+    if float(scale).is_integer():
+        return length - length % int(scale)
+    n = length
+    while n > 0 and output_length(lr_length(n, scale), scale) != n:
+        n -= 1
+    return n
+
+
+def mod_crop(img: np.ndarray, scale: float) -> np.ndarray:
+    """Crop the bottom/right so that HR = the SR of its LR exactly: both sides multiples of an
+    integer ``scale`` (ClassSR/BasicSR modcrop); at other scales, the largest sizes that
+    round-half-up(scale * LR) gives back."""
     h, w = img.shape[:2]
-    return img[: h - h % scale, : w - w % scale]
+    return img[: _exact_length(h, scale), : _exact_length(w, scale)]
 
 
-def make_lr(hr: np.ndarray, scale: int) -> np.ndarray:
-    """LR of a mod-cropped 8-bit HR: MATLAB ``imresize(HR, 1/scale, 'bicubic')``, uint8."""
-    return imresize_np(hr, 1.0 / scale)
+def make_lr(hr: np.ndarray, scale: float) -> np.ndarray:
+    """LR of a mod-cropped 8-bit HR: MATLAB ``imresize(HR, 1/scale, 'bicubic')``, uint8; at a
+    non-integer scale, ``imresize`` to the LR size (each axis at its own LR/HR ratio)."""
+    if float(scale).is_integer():
+        return imresize_np(hr, 1.0 / scale)
+    h, w = hr.shape[:2]
+    return imresize_np(hr, out_size=(lr_length(h, scale), lr_length(w, scale)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,7 +360,7 @@ class LRCache:
             self.write_errors.append(str(exc))
 
 
-def load_pair(sample: Sample, scale: int, cache: LRCache) -> Pair:
+def load_pair(sample: Sample, scale: float, cache: LRCache) -> Pair:
     """Decode HR (and the given LR, or the cached/made one). ImageReadError for a bad file."""
     import time
 
@@ -343,8 +368,8 @@ def load_pair(sample: Sample, scale: int, cache: LRCache) -> Pair:
     hr = mod_crop(to_rgb8(read_image(sample.hr_path).pixels), scale)
     h, w = hr.shape[:2]
     if h < scale or w < scale:
-        raise ImageReadError(f"{sample.hr_path}: {w}x{h} is too small for x{scale}")
-    want = (h // scale, w // scale)
+        raise ImageReadError(f"{sample.hr_path}: {w}x{h} is too small for x{scale:g}")
+    want = (lr_length(h, scale), lr_length(w, scale))
     if sample.lr_path is not None:
         lr = to_rgb8(read_image(sample.lr_path).pixels)
         if lr.shape[:2] != want:

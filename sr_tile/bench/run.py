@@ -50,7 +50,7 @@ BASELINE_MODEL = "bicubic"
 class BenchOptions:
     """How rows are run; the routing options apply to the routed row of each dynamic model."""
 
-    scale: int = 4
+    scale: float = 4
     tile: int | None = None
     overlap: int | None = None
     batch_size: int | None = None
@@ -313,7 +313,7 @@ def _first_run(up: Upscaler, spec: RowSpec, name: str, pair: Pair) -> tuple[Imag
 
 
 def _measure_image(upscalers: list[Upscaler], rows: list[RowResult], name: str, pair: Pair,
-                   scale: int, on_row: Callable[[RowResult], None],
+                   scale: float, on_row: Callable[[RowResult], None],
                    on_error: Callable[[RowResult, SrTileError], None]) -> None:
     """Every row on one image. Repeats go round the rows (row 1, row 2, ..., row 1, ...), so
     a slow spell of the machine hits every row alike and the rows' ratios stay fair."""
@@ -331,8 +331,9 @@ def _measure_image(upscalers: list[Upscaler], rows: list[RowResult], name: str, 
     for k, result, sr in done:
         result.latency_s = statistics.median(result.latency_runs)
         result.wall_s = statistics.median(result.wall_runs)
-        result.psnr_y = psnr_y(sr, pair.hr, scale)
-        result.ssim_y = ssim_y(sr, pair.hr, scale)
+        border = math.ceil(scale)  # BasicSR crops `scale` px; a fraction rounds up
+        result.psnr_y = psnr_y(sr, pair.hr, border)
+        result.ssim_y = ssim_y(sr, pair.hr, border)
         rows[k].images.append(result)
 
 

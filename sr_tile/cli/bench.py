@@ -60,7 +60,9 @@ def bench(
         "--model", "-m",
         help="Model to bench (repeatable). bicubic is always included; a routed model adds its "
              "static-backbone row. Default: bicubic + every model with weights.")] = None,
-    scale: Annotated[int, typer.Option("--scale", "-s", help="Upscaling factor.")] = 4,
+    scale: Annotated[float, typer.Option(
+        "--scale", "-s", help="Upscaling factor (a float for models of a continuous range).")
+    ] = 4,
     preset: Annotated[Optional[str], typer.Option(
         help="Routed rows: L (quality), M or S (speed); default M.")] = None,
     eta: Annotated[Optional[float], typer.Option(help="Routed rows: cost weight of Eq. 9.")] = None,
@@ -104,6 +106,7 @@ def bench(
     from sr_tile.bench.report import image_table, summary_table, to_dict, write_csv
     from sr_tile.bench.run import BenchOptions, plan_rows, run_bench
 
+    scale = int(scale) if float(scale).is_integer() else scale  # x4 stays "x4" in names
     weight_files = parse_weights(weights or [])
     sweep_etas = parse_sweep(sweep)
     if plot_path is not None:
