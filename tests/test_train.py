@@ -25,11 +25,14 @@ from sr_tile.models.registry import create_model
 from sr_tile.train import (FAMILIES, PHASES, TrainingInterrupted, default_config, load_config,
                            run_training)
 from sr_tile.train import data as train_data
-from sr_tile.train import loop
+from sr_tile.models.enaf import training as enaf_train
+from sr_tile.train import engine
 from sr_tile.io import atomic
 from sr_tile.train.config import dump_config, from_dict
 from sr_tile.train.data import PatchSampler, load_pairs, make_val_set, step_generator
 from sr_tile.train.state import RunDir, load_checkpoint, save_checkpoint
+
+TASK = enaf_train.EnafTask()
 
 SCALE = 4
 
@@ -257,29 +260,29 @@ def test_patch_psnr_matches_metrics(pairs) -> None:
     sampler = PatchSampler(pairs, scale=SCALE, lr_patch=16)
     lr, hr = sampler.batch(4, step_generator(0, 0, 0))
     sr = bicubic(lr, SCALE)
-    got = loop.patch_psnr_y(sr, hr, SCALE)
+    got = enaf_train.patch_psnr_y(sr, hr, SCALE)
     for i in range(4):
         ref = psnr_y(sr[i].clamp(0, 1).permute(1, 2, 0).double().numpy() * 255,
                      hr[i].permute(1, 2, 0).double().numpy() * 255, crop_border=SCALE)
-        assert abs(float(got[i]) - min(ref, loop.PSNR_CAP)) < 1e-3
+        assert abs(float(got[i]) - min(ref, enaf_train.PSNR_CAP)) < 1e-3
     flat = torch.full((1, 3, 64, 64), 0.5)
-    assert float(loop.patch_psnr_y(flat, flat, SCALE)) == pytest.approx(loop.PSNR_CAP)
+    assert float(enaf_train.patch_psnr_y(flat, flat, SCALE)) == pytest.approx(enaf_train.PSNR_CAP)
     # per block: each 32x32 square's own PSNR, the patch border still left out
-    blocks = loop.patch_psnr_y(sr, hr, SCALE, block=32)
+    blocks = enaf_train.patch_psnr_y(sr, hr, SCALE, block=32)
     assert blocks.shape == (4, 2, 2)
     for i, j in ((0, 0), (0, 1), (1, 1)):
         rows, cols = slice(32 * i, 32 * i + 32), slice(32 * j, 32 * j + 32)
         inner = [slice(SCALE if k == 0 else 0, 32 - SCALE if k == 1 else 32) for k in (i, j)]
-        ref = loop.patch_psnr_y(sr[:, :, rows, cols][:, :, inner[0], inner[1]],
+        ref = enaf_train.patch_psnr_y(sr[:, :, rows, cols][:, :, inner[0], inner[1]],
                                 hr[:, :, rows, cols][:, :, inner[0], inner[1]], 0)
         assert torch.allclose(blocks[:, i, j], ref, atol=1e-4)
 
 
 def test_cosine_lr() -> None:
-    assert loop.cosine_lr(0, 100, 1e-3, 1e-8) == pytest.approx(1e-3)
-    assert loop.cosine_lr(50, 100, 1e-3, 1e-8) == pytest.approx(0.5e-3, rel=1e-4)
-    assert loop.cosine_lr(100, 100, 1e-3, 1e-8) == pytest.approx(1e-8)
-    assert loop.cosine_lr(10, 100, 1e-9, 1e-8) == pytest.approx(1e-9)  # below lr_min: flat
+    assert engine.cosine_lr(0, 100, 1e-3, 1e-8) == pytest.approx(1e-3)
+    assert engine.cosine_lr(50, 100, 1e-3, 1e-8) == pytest.approx(0.5e-3, rel=1e-4)
+    assert engine.cosine_lr(100, 100, 1e-3, 1e-8) == pytest.approx(1e-8)
+    assert engine.cosine_lr(10, 100, 1e-9, 1e-8) == pytest.approx(1e-9)  # below lr_min: flat
 
 
 # ----------------------------------------------------------------------------- phases
@@ -291,7 +294,7 @@ def _fixed_batch(pairs, n: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _loss(model, phase: str, batch) -> float:
     with torch.no_grad():
-        return float(loop._phase_loss(model, phase, *batch, trunk_trains=False))
+        return float(enaf_train._phase_loss(model, phase, *batch, trunk_trains=False))
 
 
 def _params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -322,8 +325,8 @@ def test_each_phase_lowers_its_loss_and_freezes_the_rest(folders, pairs, tmp_pat
     batch = _fixed_batch(pairs)
     bb = model.backbone
 
-    def train(phase: str) -> loop.PhaseResult:
-        result = loop.train_phase(model, phase, cfg.phases.get(phase), sampler=sampler,
+    def train(phase: str) -> engine.PhaseResult:
+        result = engine.train_phase(TASK, model, phase, cfg.phases.get(phase), sampler=sampler,
                                   run=run, seed=cfg.seed, device=torch.device("cpu"))
         assert len(result.losses) == cfg.phases.get(phase).steps
         first, last = np.mean(result.losses[:20]), np.mean(result.losses[-20:])
@@ -345,7 +348,7 @@ def test_each_phase_lowers_its_loss_and_freezes_the_rest(folders, pairs, tmp_pat
     assert all(torch.equal(v, _params(bb.heads[2])[k]) for k, v in full_before.items())
 
     backbone_before = _params(bb)
-    loop._init_estimator(model, sampler, 8, seed=cfg.seed, device=torch.device("cpu"))
+    enaf_train._init_estimator(model, sampler, 8, seed=cfg.seed, device=torch.device("cpu"))
     before = _loss(model, "estimator", batch)  # the mean predictor the phase starts from
     train("estimator")
     assert _loss(model, "estimator", batch) < 0.85 * before
@@ -359,12 +362,12 @@ def test_l2_warmup_uses_mse_for_its_first_steps_then_l1(folders, pairs, tmp_path
     lr, hr = _fixed_batch(pairs)
     with torch.no_grad():
         sr = model.backbone.forward_path(lr, 3)
-        assert float(loop._phase_loss(model, "backbone", lr, hr, False, l2=True)) == \
+        assert float(enaf_train._phase_loss(model, "backbone", lr, hr, False, l2=True)) == \
             pytest.approx(float(F.mse_loss(sr, hr)), rel=1e-5)
-        assert float(loop._phase_loss(model, "backbone", lr, hr, False)) == \
+        assert float(enaf_train._phase_loss(model, "backbone", lr, hr, False)) == \
             pytest.approx(float(F.l1_loss(sr, hr)), rel=1e-5)
     cfg = tiny_config(folders, tmp_path / "run", backbone={"steps": 4, "l2_warmup": 2})
-    result = loop.train_phase(model, "backbone", cfg.phases.backbone,
+    result = engine.train_phase(TASK, model, "backbone", cfg.phases.backbone,
                               sampler=PatchSampler(pairs, scale=SCALE, lr_patch=16),
                               run=RunDir(tmp_path / "run"), seed=0, device=torch.device("cpu"))
     # MSE of [0, 1] residuals is far below their L1: the switch shows in the losses
@@ -379,21 +382,21 @@ def test_label_pool_is_resumable_and_relabels_for_another_backbone(pairs, tmp_pa
     _perturb_heads(model)  # zero-initialised heads would make every path bicubic
     sampler = PatchSampler(pairs, scale=SCALE, lr_patch=16)
     cpu, path, size = torch.device("cpu"), tmp_path / "pool.safetensors", 300
-    whole = loop.label_pool(model, sampler, size, seed=5, device=cpu)
+    whole = enaf_train.label_pool(model, sampler, size, seed=5, device=cpu)
     assert whole.lr.shape == (size, 3, 16, 16) and whole.lr.dtype == torch.uint8
     assert whole.targets.shape == (size, model.num_paths, 2, 2)  # per 8x8 sub-tile
     # the stored uint8 patches are the ones labelled: relabelling them gives the same targets
-    lr, hr = sampler.batch(loop._POOL_CHUNK, loop.step_generator(
-        5, PHASES.index("estimator"), loop._POOL_STEP0), cpu)  # the first chunk's patches
+    lr, hr = sampler.batch(enaf_train._POOL_CHUNK, enaf_train.step_generator(
+        5, PHASES.index("estimator"), enaf_train._POOL_STEP0), cpu)  # the first chunk's patches
     assert torch.equal(whole.lr[:8], lr[:8].mul(255).round().to(torch.uint8))
-    assert torch.allclose(whole.targets[:8], loop.path_psnr_targets(model.backbone, lr[:8],
+    assert torch.allclose(whole.targets[:8], enaf_train.path_psnr_targets(model.backbone, lr[:8],
                                                                     hr[:8], part=8))
 
-    stop = loop.StopFlag(requested="SIGTERM")  # stops after the first chunk is saved
+    stop = engine.StopFlag(requested="SIGTERM")  # stops after the first chunk is saved
     with pytest.raises(KeyboardInterrupt):
-        loop.label_pool(model, sampler, size, seed=5, device=cpu, path=path, stop=stop)
+        enaf_train.label_pool(model, sampler, size, seed=5, device=cpu, path=path, stop=stop)
     calls: list[int] = []
-    resumed = loop.label_pool(model, sampler, size, seed=5, device=cpu, path=path,
+    resumed = enaf_train.label_pool(model, sampler, size, seed=5, device=cpu, path=path,
                               on_progress=lambda done, total: calls.append(done))
     assert calls == [size]  # only the second chunk was labelled
     assert torch.equal(resumed.lr, whole.lr) and torch.equal(resumed.targets, whole.targets)
@@ -402,7 +405,7 @@ def test_label_pool_is_resumable_and_relabels_for_another_backbone(pairs, tmp_pa
         for param in model.backbone.heads.parameters():
             param.mul_(2.0)
     calls.clear()
-    relabelled = loop.label_pool(model, sampler, size, seed=5, device=cpu, path=path,
+    relabelled = enaf_train.label_pool(model, sampler, size, seed=5, device=cpu, path=path,
                                  on_progress=lambda done, total: calls.append(done))
     assert calls == [256, size] and not torch.equal(relabelled.targets, whole.targets)
 
@@ -410,7 +413,7 @@ def test_label_pool_is_resumable_and_relabels_for_another_backbone(pairs, tmp_pa
 def test_pool_flips_are_the_samplers_flips() -> None:
     hwc = np.arange(5 * 7 * 3, dtype=np.uint8).reshape(5, 7, 3)
     nchw = torch.from_numpy(hwc).permute(2, 0, 1)[None]
-    outs = [loop._dihedral(nchw, code) for code in range(8)]
+    outs = [enaf_train._dihedral(nchw, code) for code in range(8)]
     for code, out in enumerate(outs):
         expected = torch.from_numpy(train_data._augment(hwc, code).copy()).permute(2, 0, 1)
         assert torch.equal(out[0], expected)
@@ -420,7 +423,7 @@ def test_pool_flips_are_the_samplers_flips() -> None:
 def test_pool_batches_flip_sub_tile_targets_with_their_patch() -> None:
     lr = torch.randint(0, 256, (40, 3, 16, 16), dtype=torch.uint8)
     of = lambda x: F.avg_pool2d(x[:, :1].float(), 8)  # a target map read off the patch
-    pool = loop.LabelPool(lr=lr, targets=of(lr).expand(-1, 4, -1, -1).contiguous())
+    pool = enaf_train.LabelPool(lr=lr, targets=of(lr).expand(-1, 4, -1, -1).contiguous())
     gen = torch.Generator().manual_seed(0)
     for _ in range(12):  # 8 flip codes: a wrongly flipped map shows up in some of them
         x, targets = pool.batch(6, gen, torch.device("cpu"))
@@ -446,10 +449,10 @@ def test_sub_tile_targets_teach_the_estimator_where_the_detail_is() -> None:
         return lr, targets, where
 
     lr, targets, _ = patches(256)
-    pool = loop.LabelPool(lr=lr, targets=targets)
+    pool = enaf_train.LabelPool(lr=lr, targets=targets)
     optimizer = torch.optim.Adam(model.estimator.parameters(), lr=1e-3)
     for _ in range(200):
-        loss = loop._estimator_loss(model, *pool.batch(32, gen, cpu))
+        loss = enaf_train._estimator_loss(model, *pool.batch(32, gen, cpu))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -468,14 +471,14 @@ def test_estimator_phase_on_a_label_pool_learns_without_running_the_backbone(
     torch.manual_seed(0)
     model = create_model("enaf-fsrcnn", scale=SCALE, weights=False)
     labelled: list[int] = []
-    real_targets = loop.path_psnr_targets
+    real_targets = enaf_train.path_psnr_targets
 
     def counting(backbone, lr, hr, part=None):
         labelled.append(lr.shape[0])
         return real_targets(backbone, lr, hr, part)
 
-    monkeypatch.setattr(loop, "path_psnr_targets", counting)
-    result = loop.train_phase(model, "estimator", cfg.phases.estimator,
+    monkeypatch.setattr(enaf_train, "path_psnr_targets", counting)
+    result = engine.train_phase(TASK, model, "estimator", cfg.phases.estimator,
                               sampler=PatchSampler(pairs, scale=SCALE, lr_patch=16),
                               run=RunDir(tmp_path / "run"), seed=cfg.seed,
                               device=torch.device("cpu"))
@@ -493,7 +496,7 @@ def test_exits_phase_with_frozen_lr_trains_the_trunk_slowly(folders, pairs, tmp_
     torch.manual_seed(0)
     model = create_model("enaf-fsrcnn", scale=SCALE, weights=False)
     trunk = _params(model.backbone.segments)
-    loop.train_phase(model, "exits", cfg.phases.exits,
+    engine.train_phase(TASK, model, "exits", cfg.phases.exits,
                      sampler=PatchSampler(pairs, scale=SCALE, lr_patch=16),
                      run=RunDir(tmp_path / "run"), seed=0, device=torch.device("cpu"))
     deltas = [float((v - _params(model.backbone.segments)[k]).abs().max())
@@ -554,7 +557,7 @@ def test_resume_after_interrupt_equals_uninterrupted(folders, uninterrupted, tmp
                                                      phase: str, step: int) -> None:
     cfg = tiny_config(folders, tmp_path / "run")
 
-    def interrupt(info: loop.StepInfo) -> None:
+    def interrupt(info: engine.StepInfo) -> None:
         if (info.phase, info.step) == (phase, step):
             raise KeyboardInterrupt
 
@@ -712,7 +715,7 @@ def test_sigterm_checkpoints_at_a_step_boundary(folders, tmp_path) -> None:
     cfg = tiny_config(folders, tmp_path / "run")
     before = signal.getsignal(signal.SIGTERM)
 
-    def terminate(info: loop.StepInfo) -> None:
+    def terminate(info: engine.StepInfo) -> None:
         if (info.phase, info.step) == ("backbone", 3):
             os.kill(os.getpid(), signal.SIGTERM)
 

@@ -39,6 +39,7 @@ class ModelEntry:
     routing: str = "none"
     kwargs: dict[str, Any] = field(default_factory=dict)
     scale_range: tuple[float, float] | None = None  # (low, high]: any scale in it as well
+    train: str | None = None  # "module:Class" of the family's TrainTask, if it trains
 
     def describe_scales(self) -> str:
         ints = ", ".join(f"x{s}" for s in self.scales)
@@ -62,12 +63,17 @@ class ModelEntry:
                          f"not x{scale:g}")
 
     def builder(self) -> Any:
-        module, _, function = self.build.partition(":")
-        return getattr(importlib.import_module(module), function)
+        return _load(self.build)
+
+
+def _load(target: str) -> Any:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 MAX_SCALE = 16  # a larger factor is a typo, not a request (x16 of 8K is 128K pixels wide)
 
+_ENAF_TASK = "sr_tile.models.enaf.training:EnafTask"
 _ENAF = ("ENAF multi-exit {}: bicubic path, 2 early exits, full network; a PSNR estimator "
          "picks one per 32x32 patch")
 
@@ -78,12 +84,12 @@ MODELS: dict[str, ModelEntry] = {
                    "model is read against", "sr_tile.models.bicubic:Bicubic", (2, 3, 4, 8),
                    scale_range=(1.0, MAX_SCALE)),
         ModelEntry("enaf-fsrcnn", "enaf", _ENAF.format("FSRCNN"), "sr_tile.models.enaf:build",
-                   (2, 3, 4), {4: "enaf-fsrcnn-x4.safetensors"}, "exits", {"backbone": "fsrcnn"}),
+                   (2, 3, 4), {4: "enaf-fsrcnn-x4.safetensors"}, "exits", {"backbone": "fsrcnn"}, train=_ENAF_TASK),
         ModelEntry("enaf-carn", "enaf", _ENAF.format("CARN-M"), "sr_tile.models.enaf:build",
-                   (2, 3, 4), {4: "enaf-carn-x4.safetensors"}, "exits", {"backbone": "carn"}),
+                   (2, 3, 4), {4: "enaf-carn-x4.safetensors"}, "exits", {"backbone": "carn"}, train=_ENAF_TASK),
         ModelEntry("enaf-srresnet", "enaf", _ENAF.format("SRResNet"), "sr_tile.models.enaf:build",
                    (2, 3, 4), {4: "enaf-srresnet-x4.safetensors"}, "exits",
-                   {"backbone": "srresnet"}),
+                   {"backbone": "srresnet"}, train=_ENAF_TASK),
     )
 }
 
@@ -96,6 +102,14 @@ def get_entry(name: str) -> ModelEntry:
     except KeyError:
         known = ", ".join(sorted(MODELS))
         raise UsageError(f"unknown model {name!r}; known models: {known}") from None
+
+
+def training_task(name: str) -> Any:
+    """The TrainTask of model ``name``'s family; UsageError if the family does not train."""
+    entry = get_entry(name)
+    if entry.train is None:
+        raise UsageError(f"model {name} has no training task ({entry.family} does not train)")
+    return _load(entry.train)()
 
 
 def weights_dir() -> Path:

@@ -16,12 +16,12 @@ from typing import Any
 from sr_tile.errors import UsageError
 from sr_tile.train.config import (PHASES, DataConfig, PhaseConfig, PhasesConfig, TrainConfig,
                                   load_config, scale_steps)
-from sr_tile.train.loop import TrainingInterrupted, evaluate, train_phase
+from sr_tile.train.engine import TrainingInterrupted, TrainTask, train_phase
 from sr_tile.train.run import TrainResult, run_training
 
 __all__ = [
     "FAMILIES", "PHASES", "DataConfig", "PhaseConfig", "PhasesConfig", "TrainConfig",
-    "TrainFamily", "TrainResult", "TrainingInterrupted", "default_config", "evaluate",
+    "TrainFamily", "TrainResult", "TrainTask", "TrainingInterrupted", "default_config",
     "get_family", "load_config", "run_training", "scale_steps", "train_phase",
 ]
 

@@ -1,7 +1,8 @@
-"""A whole ENAF run from a :class:`TrainConfig`: build the objects, run the phases, export.
+"""A whole run from a :class:`TrainConfig`: build the objects, run the phases, export.
 
-This is the only place that turns a config into objects (model via ``create_model``, data,
-run folder, resume state); :func:`~sr_tile.train.loop.train_phase` then receives them.
+This is the only place that turns a config into objects (model via ``create_model``, the
+family's task from its registry row, data, run folder, resume state);
+:func:`~sr_tile.train.engine.train_phase` then receives them. Nothing here is one family's.
 """
 
 from __future__ import annotations
@@ -19,16 +20,13 @@ import yaml
 from rich.console import Console
 
 from sr_tile.errors import ConfigError
+from sr_tile.io.atomic import write_bytes_atomic
 from sr_tile.models.checkpoint import read_metadata, save_weights
-from sr_tile.models.enaf import EnafSR
-from sr_tile.models.layers import small_init_
-from sr_tile.models.registry import create_model
-from sr_tile.train.config import (PHASES, TrainConfig, config_to_dict, dump_config,
-                                  resume_conflicts)
+from sr_tile.models.registry import create_model, training_task
+from sr_tile.train.config import TrainConfig, config_to_dict, dump_config, resume_conflicts
 from sr_tile.train.data import (LR_METHOD, ImagePair, LoadStats, PatchSampler, ValSet,
                                 list_images, load_pairs, make_val_set)
-from sr_tile.train.loop import (JsonlLog, StepInfo, catch_stop_signals, evaluate, format_val,
-                                train_phase)
+from sr_tile.train.engine import JsonlLog, StepInfo, TrainTask, catch_stop_signals, train_phase
 from sr_tile.train.state import Checkpoint, RunDir, load_checkpoint
 
 __all__ = ["TrainResult", "build_data", "export_weights", "hardware_string",
@@ -38,7 +36,7 @@ __all__ = ["TrainResult", "build_data", "export_weights", "hardware_string",
 @dataclass
 class TrainResult:
     run_dir: Path
-    model: EnafSR  # the trained model, in eval mode
+    model: torch.nn.Module  # the trained model, in eval mode
     export_path: Path | None
     history: dict[str, Any]
     val: dict[str, Any] | None
@@ -134,16 +132,17 @@ def build_data(cfg: TrainConfig, *, console: Console | None = None, need_train: 
     return sampler, val, info, total
 
 
-def export_weights(model: EnafSR, cfg: TrainConfig, path: Path, *, history: dict[str, Any],
-                   val: dict[str, Any] | None, data_info: dict[str, Any], hardware: str,
-                   command: str | None) -> Path:
-    """The final EnafSR weights with the metadata that shipped weights must carry."""
+def export_weights(model: torch.nn.Module, cfg: TrainConfig, path: Path, *,
+                   history: dict[str, Any], val: dict[str, Any] | None,
+                   data_info: dict[str, Any], hardware: str, command: str | None,
+                   phases: Sequence[str]) -> Path:
+    """The final weights with the metadata that shipped weights must carry."""
     extra: dict[str, Any] = {
         "config": config_to_dict(cfg),
-        "iterations": {p: int(history.get(p, {}).get("steps", 0)) for p in PHASES},
-        "batch_size": {p: history[p]["batch_size"] for p in PHASES if p in history},
-        "phases_done": [p for p in PHASES if p in history],
-        "train_seconds": {p: history[p]["seconds"] for p in PHASES if p in history},
+        "iterations": {p: int(history.get(p, {}).get("steps", 0)) for p in phases},
+        "batch_size": {p: history[p]["batch_size"] for p in phases if p in history},
+        "phases_done": [p for p in phases if p in history],
+        "train_seconds": {p: history[p]["seconds"] for p in phases if p in history},
         "hardware": hardware,
         "command": command,
         "data": data_info,
@@ -158,14 +157,16 @@ def export_weights(model: EnafSR, cfg: TrainConfig, path: Path, *, history: dict
     return save_weights(model, path, name=cfg.model, scale=cfg.scale, extra=extra)
 
 
-def _check_phase_order(phases: Sequence[str]) -> list[str]:
-    unknown = [p for p in phases if p not in PHASES]
+def _check_phase_order(task: TrainTask, phases: Sequence[str] | None) -> list[str]:
+    if phases is None:
+        return list(task.phases)
+    unknown = [p for p in phases if p not in task.phases]
     if unknown:
-        raise ConfigError(f"unknown phase {unknown[0]!r}; phases: {', '.join(PHASES)}")
-    return [p for p in PHASES if p in phases]
+        raise ConfigError(f"unknown phase {unknown[0]!r}; phases: {', '.join(task.phases)}")
+    return [p for p in task.phases if p in phases]
 
 
-def run_training(cfg: TrainConfig, *, phases: Sequence[str] = PHASES, resume: bool = False,
+def run_training(cfg: TrainConfig, *, phases: Sequence[str] | None = None, resume: bool = False,
                  console: Console | None = None,
                  callbacks: Sequence[Callable[[StepInfo], None]] = (),
                  command: str | None = None, export: bool = True) -> TrainResult:
@@ -176,7 +177,8 @@ def run_training(cfg: TrainConfig, *, phases: Sequence[str] = PHASES, resume: bo
     holds a checkpoint is refused. Raises TrainingInterrupted after checkpointing on Ctrl-C,
     SIGTERM or a KeyboardInterrupt raised by a callback.
     """
-    selected = _check_phase_order(phases)
+    task = training_task(cfg.model)
+    selected = _check_phase_order(task, phases)
     run = RunDir(Path(cfg.run_dir))
     device = resolve_device(cfg.device)
     list_images(cfg.data.train_dir, "data.train_dir")  # fail fast, before any work
@@ -201,32 +203,28 @@ def run_training(cfg: TrainConfig, *, phases: Sequence[str] = PHASES, resume: bo
     elif run.last.exists():
         raise ConfigError(f"{run.root} already holds a checkpoint; pass --resume to continue "
                           "it, or choose another --run-dir")
-    run.root.mkdir(parents=True, exist_ok=True)
-    tmp = run.config.with_name(f".{run.config.name}.tmp")
-    tmp.write_text(dump_config(cfg), encoding="utf-8")
-    tmp.replace(run.config)
+    write_bytes_atomic(run.config, dump_config(cfg))
     log = JsonlLog(run.log)
 
     threads_before = torch.get_num_threads()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     try:
-        return _run(cfg, run, device, ckpt, selected, resume=resume, console=console,
+        return _run(task, cfg, run, device, ckpt, selected, resume=resume, console=console,
                     callbacks=callbacks, command=command, export=export, log=log)
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _run(cfg: TrainConfig, run: RunDir, device: torch.device, ckpt: Checkpoint | None,
+def _run(task: TrainTask, cfg: TrainConfig, run: RunDir, device: torch.device,
+         ckpt: Checkpoint | None,
          selected: Sequence[str], *, resume: bool, console: Console | None,
          callbacks: Sequence[Callable[[StepInfo], None]], command: str | None, export: bool,
          log: JsonlLog) -> TrainResult:
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, scale=cfg.scale, weights=cfg.init or False)
-    if not isinstance(model, EnafSR):  # pragma: no cover - config validation prevents it
-        raise ConfigError(f"{cfg.model} is not an ENAF model")
-    if cfg.init is None and ckpt is None and cfg.full_head_init == "small":
-        small_init_(model.backbone.heads[-1].output_layer)
+    if cfg.init is None and ckpt is None:
+        task.init_model(model, cfg)
     if ckpt is not None:
         try:
             model.load_state_dict(ckpt.model)
@@ -246,10 +244,11 @@ def _run(cfg: TrainConfig, run: RunDir, device: torch.device, ckpt: Checkpoint |
     if ckpt is not None and not ckpt.done and ckpt.phase not in plan:
         raise ConfigError(f"phase {ckpt.phase} is unfinished ({ckpt.step}/{ckpt.total} steps); "
                           f"resume it with --phase {ckpt.phase} or --phase all")
-    if (console is not None and "backbone" not in history and "backbone" not in plan
+    first = task.phases[0]
+    if (console is not None and first not in history and first not in plan
             and cfg.init is None and plan):
-        console.print("[yellow]warning:[/] the backbone is untrained (no phase backbone and "
-                      "no init weights)")
+        console.print(f"[yellow]warning:[/] the model is untrained (no phase {first} and no "
+                      "init weights)")
 
     hardware = hardware_string(device)
     log.write("run_start", model=cfg.model, scale=cfg.scale, phases=plan, resume=resume,
@@ -269,7 +268,7 @@ def _run(cfg: TrainConfig, run: RunDir, device: torch.device, ckpt: Checkpoint |
             assert sampler is not None
             resume_state = ckpt if (ckpt is not None and ckpt.phase == name
                                     and not ckpt.done) else None
-            train_phase(model, name, cfg.phases.get(name), sampler=sampler, run=run,
+            train_phase(task, model, name, cfg.phases.get(name), sampler=sampler, run=run,
                         seed=cfg.seed, device=device, val=val, resume=resume_state,
                         history=history, callbacks=callbacks, console=console, log=log,
                         stop=stop)
@@ -277,21 +276,21 @@ def _run(cfg: TrainConfig, run: RunDir, device: torch.device, ckpt: Checkpoint |
                          extra={"phase": name, "config": config_to_dict(cfg)})
 
     final_val = None
-    done_phases = [p for p in PHASES if p in history]
+    done_phases = [p for p in task.phases if p in history]
     if done_phases and history[done_phases[-1]].get("val") is not None:
         final_val = history[done_phases[-1]]["val"]
     elif val is not None:
-        final_val = evaluate(model, val, device=device)
+        final_val = task.evaluate(model, val, device)
         if console is not None:
-            console.print(f"final: {format_val(final_val)}", highlight=False)
+            console.print(f"final: {task.format_val(final_val)}", highlight=False)
 
     export_path = None
     if export:
         export_path = export_weights(
             model, cfg, cfg.export_path, history=history, val=final_val, data_info=data_info,
-            hardware=hardware, command=command)
+            hardware=hardware, command=command, phases=task.phases)
         log.write("export", path=str(export_path), phases_done=done_phases)
-        missing = [p for p in PHASES if p not in history]
+        missing = [p for p in task.phases if p not in history]
         if missing and console is not None:
             console.print(f"[yellow]warning:[/] exported with phases {', '.join(missing)} not "
                           "trained")

@@ -1,6 +1,4 @@
-"""The ENAF training loop: one plain function per phase call, fed with built objects.
-
-:func:`train_phase` trains one phase (paper sec. 3.2) of an :class:`~sr_tile.models.enaf.EnafSR`:
+"""ENAF's training task: three phases (paper sec. 3.2) on the shared engine, and their parts.
 
 * ``backbone``: L1 of the full path (path 3) against HR; trunk segments + full head train.
 * ``exits``: L1 of exit 1 + exit 2; only the exit heads train, the trunk and full head are
@@ -14,23 +12,14 @@
   mean target of a few batches, so it does not spend thousands of steps walking to ~40 dB.
   With ``label_pool`` the targets of a fixed set of patches are computed once
   (:func:`label_pool`) and the steps draw from them.
-
-Adam (0.9, 0.999) with cosine decay from each group's learning rate to ``lr_min``; batches
-come from :func:`~sr_tile.train.data.step_generator` (seed, phase, step), so a run resumed from
-a checkpoint continues exactly as the uninterrupted run would have.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
-import math
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,23 +27,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
 from safetensors import safe_open
 
 from sr_tile.errors import ConfigError
 from sr_tile.metrics import psnr_y
 from sr_tile.models.checkpoint import save_safetensors
-from sr_tile.models.enaf import EnafSR
+from sr_tile.models.enaf.model import EnafSR
 from sr_tile.models.enaf.multiexit import MultiExitSR
+from sr_tile.models.layers import small_init_
 from sr_tile.train.config import PHASES, PhaseConfig
 from sr_tile.train.data import PatchSampler, ValSet, step_generator
-from sr_tile.train.state import Checkpoint, RunDir, save_checkpoint
+from sr_tile.train.engine import (JsonlLog, PhaseContext, StopFlag, TrainingInterrupted,
+                                  TrainTask, _Display)
+from sr_tile.train.state import RunDir
 
 __all__ = [
-    "PATH_NAMES", "PSNR_CAP", "JsonlLog", "PhaseResult", "StepInfo", "StopFlag",
-    "TrainingInterrupted", "catch_stop_signals", "cosine_lr", "evaluate",
-    "LabelPool", "label_pool", "path_psnr_targets", "patch_psnr_y", "train_phase",
+    "PATH_NAMES", "PSNR_CAP", "EnafTask", "LabelPool", "evaluate", "format_val", "label_pool",
+    "path_psnr_targets", "patch_psnr_y",
 ]
 
 PATH_NAMES = ("bicubic", "exit1", "exit2", "full")
@@ -66,17 +55,6 @@ _POOL_SAVE_EVERY_S = 60.0  # a 64k pool is 200 MB: rewrite it now and then, not 
 _LABEL_BATCH = 64  # patches per backbone pass when labelling
 _POOL_STEP0 = -(1 << 20)  # step ids of the pool's chunks: apart from every training step's
 _VAL_BATCH = 8
-
-
-# ----------------------------------------------------------------------------- pieces
-
-
-def cosine_lr(step: int, total: int, base: float, lr_min: float) -> float:
-    """Learning rate of ``step`` (0-based) of ``total``: cosine from ``base`` to ``lr_min``."""
-    floor = min(lr_min, base)
-    if total <= 1:
-        return base
-    return floor + (base - floor) * 0.5 * (1.0 + math.cos(math.pi * step / total))
 
 
 def patch_psnr_y(sr: torch.Tensor, hr: torch.Tensor, border: int,
@@ -294,122 +272,6 @@ def format_val(result: dict[str, Any]) -> str:
     return text
 
 
-# ----------------------------------------------------------------------------- run plumbing
-
-
-class JsonlLog:
-    """Append-only JSON-lines log of a run (one object per event)."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-
-    def write(self, event: str, **fields: Any) -> None:
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        record = {"time": round(time.time(), 3), "event": event, **fields}
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, default=str) + "\n")
-
-
-@dataclass
-class StopFlag:
-    """Set by SIGTERM / the first Ctrl-C; the loop stops at the next step boundary."""
-
-    requested: str | None = None
-
-
-@contextlib.contextmanager
-def catch_stop_signals() -> Iterator[StopFlag]:
-    """SIGTERM and SIGINT ask the loop to checkpoint and stop after the current step (a
-    second Ctrl-C interrupts at once; the last periodic checkpoint is then what remains)."""
-    flag = StopFlag()
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def on_signal(signum: int, frame: Any) -> None:
-        if flag.requested is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        flag.requested = signal.Signals(signum).name
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield flag
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped early; ``checkpoint`` (None if none could be written) resumes it."""
-
-    def __init__(self, phase: str, step: int, total: int, checkpoint: Path | None) -> None:
-        where = f"{phase} step {step}/{total}"
-        saved = f"checkpoint {checkpoint}" if checkpoint else "no new checkpoint"
-        super().__init__(f"training interrupted at {where}; {saved}")
-        self.phase, self.step, self.total, self.checkpoint = phase, step, total, checkpoint
-
-
-@dataclass(frozen=True)
-class StepInfo:
-    """What a callback sees after every optimizer step (``step`` = steps completed)."""
-
-    phase: str
-    step: int
-    total: int
-    loss: float
-    lr: float
-
-
-@dataclass
-class PhaseResult:
-    phase: str
-    steps: int
-    start_step: int
-    seconds: float
-    losses: list[float] = field(default_factory=list)  # this session's steps only
-    val: dict[str, Any] | None = None
-
-
-class _Display:
-    """A rich progress bar on ``console`` (none when it is None)."""
-
-    def __init__(self, console: Console | None, phase: str, total: int, start: int) -> None:
-        self.console = console
-        self.progress: Progress | None = None
-        if console is None:
-            return
-        self.progress = Progress(
-            TextColumn(f"[bold]{phase}[/]"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]}"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            console=console, transient=False)
-        self.task = self.progress.add_task(phase, total=total, completed=start, loss="-",
-                                           speed="- it/s")
-        self.progress.start()
-
-    def update(self, step: int, loss: float | None, its: float) -> None:
-        if self.progress is not None:
-            self.progress.update(self.task, completed=step,
-                                 loss="-" if loss is None else f"{loss:.4f}",
-                                 speed=f"{its:.1f} it/s")
-
-    def print(self, text: str) -> None:
-        if self.progress is not None:
-            self.progress.console.print(text, highlight=False)
-        elif self.console is not None:
-            self.console.print(text, highlight=False)
-
-    def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
-
-
-# ----------------------------------------------------------------------------- the loop
-
-
 def _set_trainable(model: EnafSR, phase: str, config: PhaseConfig) -> list[dict[str, Any]]:
     """requires_grad per phase; returns Adam's param groups (``base_lr`` drives the cosine)."""
     for p in model.parameters():
@@ -505,139 +367,54 @@ def _label_pool(model: EnafSR, sampler: PatchSampler, size: int, *, seed: int,
     return pool
 
 
-def train_phase(model: EnafSR, phase: str, config: PhaseConfig, *, sampler: PatchSampler,
-                run: RunDir, seed: int, device: torch.device, val: ValSet | None = None,
-                resume: Checkpoint | None = None, history: dict[str, Any] | None = None,
-                callbacks: Sequence[Callable[[StepInfo], None]] = (),
-                console: Console | None = None, log: JsonlLog | None = None,
-                stop: StopFlag | None = None) -> PhaseResult:
-    """Train ``phase`` for ``config.steps`` steps (from ``resume``'s step when it is this
-    phase's unfinished checkpoint) and write checkpoints to ``run.last``.
+@dataclass
+class _EstimatorState:
+    pool: LabelPool | None
+    val: EstimatorVal | None
 
-    ``history`` (finished phases) is stored in every checkpoint; this phase's entry is added
-    when it finishes. A KeyboardInterrupt (a callback may raise one) or a stop request
-    checkpoints the last completed step and raises :class:`TrainingInterrupted`.
-    """
-    if phase not in PHASES:
-        raise ConfigError(f"unknown phase {phase!r}; phases: {', '.join(PHASES)}")
-    history = history if history is not None else {}
-    log = log or JsonlLog(None)
-    phase_index = PHASES.index(phase)
-    total = config.steps
-    model.to(device)
-    groups = _set_trainable(model, phase, config)
-    trunk_trains = len(groups) > 1
-    params = [p for g in groups for p in g["params"]]
-    optimizer = torch.optim.Adam(groups, lr=config.lr, betas=(0.9, 0.999))
 
-    start, seconds_before = 0, 0.0
-    if resume is not None and resume.phase == phase and not resume.done:
-        if resume.total != total:
-            raise ConfigError(f"the checkpoint is for {resume.total} {phase} steps, the config "
-                              f"asks for {total}; resume with the same config")
-        if resume.optimizer is None:
-            raise ConfigError(f"the {phase} checkpoint has no optimizer state")
-        optimizer.load_state_dict(resume.optimizer)
-        start = resume.step
-        seconds_before = float(resume.extra.get("phase_seconds", 0.0))
-    pool = None
-    if phase == "estimator" and config.label_pool is not None:
-        pool = _label_pool(model, sampler, config.label_pool, seed=seed, device=device,
-                           run=run, console=console, log=log, stop=stop, start=start, total=total)
-    if phase == "estimator" and start == 0:
-        _init_estimator(model, sampler, config.batch_size, seed, device, pool)
+class EnafTask(TrainTask):
+    """ENAF on the shared engine: phases backbone, exits, estimator."""
 
-    est_val = None
-    if phase == "estimator" and val is not None:
-        est_val = estimator_val_set(model, val, sampler.lr_patch, device)
+    name = "enaf"
+    phases = PHASES
 
-    started = time.perf_counter()
+    def init_model(self, model: torch.nn.Module, config: Any) -> None:
+        if config.full_head_init == "small":
+            small_init_(model.backbone.heads[-1].output_layer)
 
-    def elapsed() -> float:
-        return seconds_before + time.perf_counter() - started
+    def param_groups(self, model: torch.nn.Module, phase: str,
+                     config: PhaseConfig) -> list[dict[str, Any]]:
+        return _set_trainable(model, phase, config)
 
-    def checkpoint(step: int, done: bool) -> Path:
-        path = save_checkpoint(run.last, model=model, optimizer=optimizer, phase=phase,
-                               step=step, total=total, done=done, history=history,
-                               extra={"phase_seconds": round(elapsed(), 3)})
-        log.write("checkpoint", phase=phase, step=step, done=done, path=str(path))
-        return path
+    def prepare_phase(self, model: torch.nn.Module, phase: str, config: PhaseConfig,
+                      ctx: PhaseContext) -> _EstimatorState | None:
+        if phase != "estimator":
+            return None
+        pool = None
+        if config.label_pool is not None:
+            pool = _label_pool(model, ctx.sampler, config.label_pool, seed=ctx.seed,
+                               device=ctx.device, run=ctx.run, console=ctx.console, log=ctx.log,
+                               stop=ctx.stop, start=ctx.start, total=ctx.total)
+        if ctx.start == 0:
+            _init_estimator(model, ctx.sampler, config.batch_size, ctx.seed, ctx.device, pool)
+        val = (estimator_val_set(model, ctx.val, ctx.sampler.lr_patch, ctx.device)
+               if ctx.val is not None else None)
+        return _EstimatorState(pool, val)
 
-    log.write("phase_start", phase=phase, step=start, total=total, lr=config.lr,
-              batch_size=config.batch_size, trainable=sum(p.numel() for p in params))
-    display = _Display(console, phase, total, start)
-    result = PhaseResult(phase=phase, steps=total, start_step=start, seconds=0.0)
-    done_steps, in_update = start, False
-    ema, window_loss, window_n = None, 0.0, 0
-    window_start, its = time.perf_counter(), 0.0
-    try:
-        model.train()
-        for step in range(start, total):
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(step, total, group["base_lr"], config.lr_min)
-            generator = step_generator(seed, phase_index, step)
-            if pool is not None:
-                loss = _estimator_loss(model, *pool.batch(config.batch_size, generator, device))
-            else:
-                lr_batch, hr_batch = sampler.batch(config.batch_size, generator, device)
-                loss = _phase_loss(model, phase, lr_batch, hr_batch, trunk_trains,
-                                   l2=step < config.l2_warmup)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-            in_update = True
-            optimizer.step()
-            in_update = False
-            done_steps = step + 1
+    def loss(self, model: torch.nn.Module, phase: str, config: PhaseConfig, state: Any,
+             batch: Callable[[], tuple[torch.Tensor, torch.Tensor]], step: int,
+             generator: torch.Generator, device: torch.device) -> torch.Tensor:
+        if state is not None and state.pool is not None:
+            return _estimator_loss(model, *state.pool.batch(config.batch_size, generator, device))
+        lr, hr = batch()
+        trunk_trains = phase == "exits" and config.frozen_lr is not None
+        return _phase_loss(model, phase, lr, hr, trunk_trains, l2=step < config.l2_warmup)
 
-            value = float(loss.detach())
-            result.losses.append(value)
-            ema = value if ema is None else 0.98 * ema + 0.02 * value
-            window_loss, window_n = window_loss + value, window_n + 1
-            if window_n >= config.log_every or done_steps == total:
-                now = time.perf_counter()
-                its = window_n / max(now - window_start, 1e-9)
-                log.write("train", phase=phase, step=done_steps, total=total,
-                          loss=round(window_loss / window_n, 6),
-                          lr=optimizer.param_groups[0]["lr"], it_s=round(its, 3))
-                window_loss, window_n, window_start = 0.0, 0, now
-            elif done_steps - start <= 10:  # a first speed estimate early on
-                its = (done_steps - start) / max(time.perf_counter() - started, 1e-9)
-            display.update(done_steps, ema, its)
+    def evaluate(self, model: torch.nn.Module, val: ValSet, device: torch.device,
+                 state: Any = None) -> dict[str, Any]:
+        return evaluate(model, val, device=device,
+                        estimator=state.val if state is not None else None)
 
-            info = StepInfo(phase, done_steps, total, value, optimizer.param_groups[0]["lr"])
-            for callback in callbacks:
-                callback(info)
-            if val is not None and done_steps % config.val_every == 0 and done_steps < total:
-                t_val = time.perf_counter()
-                scores = evaluate(model, val, device=device, estimator=est_val)
-                log.write("val", phase=phase, step=done_steps, **scores)
-                display.print(f"{phase} {done_steps}/{total}: {format_val(scores)}")
-                window_start += time.perf_counter() - t_val  # keep it/s about training
-            if done_steps % config.ckpt_every == 0 and done_steps < total:
-                checkpoint(done_steps, False)
-            if stop is not None and stop.requested is not None:
-                raise KeyboardInterrupt(stop.requested)
-    except KeyboardInterrupt as exc:
-        display.close()
-        if isinstance(exc, TrainingInterrupted):
-            raise
-        path = None if in_update else checkpoint(done_steps, False)
-        log.write("interrupted", phase=phase, step=done_steps, total=total,
-                  checkpoint=str(path) if path else None)
-        raise TrainingInterrupted(phase, done_steps, total, path) from None
-    finally:
-        display.close()
-
-    if val is not None:
-        result.val = evaluate(model, val, device=device, estimator=est_val)
-        log.write("val", phase=phase, step=total, **result.val)
-        if console is not None:
-            console.print(f"{phase} done: {format_val(result.val)}", highlight=False)
-    result.seconds = round(elapsed(), 3)
-    history[phase] = {"steps": total, "seconds": result.seconds,
-                      "batch_size": config.batch_size, "val": result.val}
-    checkpoint(total, True)
-    log.write("phase_end", phase=phase, steps=total, seconds=result.seconds, val=result.val)
-    return result
+    def format_val(self, result: dict[str, Any]) -> str:
+        return format_val(result)
