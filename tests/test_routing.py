@@ -177,7 +177,7 @@ def test_budget_is_met_per_image(tmp_path, varied_weights, astronaut, budget):
 
 
 def test_calibrated_presets_are_ordered_and_loaded(tmp_path, varied_weights, astronaut):
-    from sr_tile.train.calibrate import calibrate, write_presets
+    from sr_tile.models.enaf.calibrate import calibrate, write_presets
 
     folder = tmp_path / "calib"
     folder.mkdir()
@@ -204,7 +204,7 @@ def test_calibrated_presets_are_ordered_and_loaded(tmp_path, varied_weights, ast
 def test_sweep_replay_equals_routed_runs(varied_weights, astronaut):
     """Calibration replays recorded path outputs: each setting must give the routed run's image,
     paths and FLOPs exactly, and the record pass the static network's image."""
-    from sr_tile.train.calibrate import SweepRunner
+    from sr_tile.models.enaf.calibrate import SweepRunner
 
     picture = astronaut[30:150, 150:300].copy()
     picture[:, :60] = 128  # blank tiles, so gamma matters

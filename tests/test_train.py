@@ -22,7 +22,7 @@ from sr_tile.metrics import psnr_y
 from sr_tile.models.checkpoint import read_metadata
 from sr_tile.models.layers import bicubic
 from sr_tile.models.registry import create_model
-from sr_tile.train import (FAMILIES, PHASES, TrainingInterrupted, default_config, load_config,
+from sr_tile.train import (TrainingInterrupted, default_config, families, load_config,
                            run_training)
 from sr_tile.train import data as train_data
 from sr_tile.models.enaf import training as enaf_train
@@ -33,6 +33,7 @@ from sr_tile.train.data import PatchSampler, load_pairs, make_val_set, step_gene
 from sr_tile.train.state import RunDir, load_checkpoint, save_checkpoint
 
 TASK = enaf_train.EnafTask()
+PHASES = TASK.phases
 
 SCALE = 4
 
@@ -656,7 +657,7 @@ def _cli() -> typer.Typer:
 
 
 def test_cli_runs_one_phase(folders, tmp_path: Path) -> None:
-    assert "enaf" in FAMILIES
+    assert "enaf" in families()
     sets = ["--set", f"data.train_dir={folders['train']}", "--set",
             f"data.val_dir={folders['val']}", "--set", f"data.cache_dir={folders['root']}/cache",
             "--set", "data.lr_patch=16", "--set", "data.val_patch=16",
@@ -703,9 +704,12 @@ def test_cli_errors_are_one_red_line(args: list[str], message: str, tmp_path: Pa
 
 
 def test_family_table_points_at_packaged_configs() -> None:
-    for family in FAMILIES.values():
-        for backbone in family.backbones:
-            assert default_config(family.name, backbone).is_file()
+    """Trainable families come from the registry rows that name a task."""
+    assert set(families()) == {"enaf"}
+    for name, task in families().items():
+        assert task.name == name and task.phases == task.phases_config.names()
+        for backbone in task.configs:
+            assert default_config(name, backbone).is_file()
 
 
 def test_sigterm_checkpoints_at_a_step_boundary(folders, tmp_path) -> None:
@@ -731,7 +735,9 @@ def test_cli_interrupted_says_how_to_resume(tmp_path: Path, monkeypatch) -> None
         raise TrainingInterrupted("exits", 7, 10, tmp_path / "last.safetensors")
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setitem(FAMILIES, "enaf", dataclasses.replace(FAMILIES["enaf"], run=interrupted))
+    import sr_tile.train
+
+    monkeypatch.setattr(sr_tile.train, "run_training", interrupted)
     result = CliRunner().invoke(_cli(), ["train", "enaf", "-b", "fsrcnn"])
     assert result.exit_code == 130
     assert "exits step 7/10" in result.output and "--resume" in result.output

@@ -7,7 +7,6 @@ imported only when the command runs, so ``sr-tile upscale`` never loads it.
 
 from __future__ import annotations
 
-import math
 import shlex
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -19,8 +18,8 @@ from rich.table import Table
 from sr_tile.cli._common import err, handle_errors, out
 from sr_tile.errors import ConfigError
 
-_PHASE_HELP = ("Phases to run: all, or one of backbone, exits, estimator, calibrate "
-               "(presets L/M/S on the smallest training images; all ends with it).")
+_PHASE_HELP = ("Phases to run: all, or one of the family's (ENAF: backbone, exits, estimator, "
+               "and calibrate, its presets on the smallest training images; all ends with it).")
 
 
 def _command_line(family: str, options: list[tuple[str, Any]], sets: list[str]) -> str:
@@ -34,25 +33,25 @@ def _command_line(family: str, options: list[tuple[str, Any]], sets: list[str]) 
     return shlex.join(parts)
 
 
-def _summary(result: Any) -> Table:
+def _summary(result: Any, task: Any) -> Table:
     table = Table(title=f"sr-tile train: {result.run_dir}", title_justify="left")
-    for name in ("phase", "steps", "batch", "time", "val PSNR-Y (bicubic / exit1 / exit2 / full)"):
-        table.add_column(name, justify="left" if name == "phase" else "right")
+    for name in ("phase", "steps", "batch", "time", "validation"):
+        table.add_column(name, justify="left" if name in ("phase", "validation") else "right")
     for phase, entry in result.history.items():
-        val = entry.get("val") or {}
-        psnr = " / ".join(f"{v:.2f}" for v in val.get("psnr_y", {}).values()) or "-"
-        if "estimator_mae_mean" in val:
-            psnr += f"; est. MAE {val['estimator_mae_mean']:.2f} dB"
+        val = entry.get("val")
         table.add_row(phase, str(entry["steps"]), str(entry.get("batch_size", "-")),
-                      f"{entry['seconds'] / 60:.1f} min", psnr)
+                      f"{entry['seconds'] / 60:.1f} min",
+                      escape(task.format_val(val)) if val else "-")
     return table
 
 
 @handle_errors
 def train(
-    family: Annotated[str, typer.Argument(help="Model family to train (enaf).")],
+    family: Annotated[str, typer.Argument(
+        help="Model family to train: one whose registry rows name a training task (enaf).")],
     backbone: Annotated[Optional[str], typer.Option(
-        "--backbone", "-b", help="Backbone of the family: fsrcnn, carn or srresnet.")] = None,
+        "--backbone", "-b", help="The family's packaged config to use (ENAF: fsrcnn, carn or "
+                                 "srresnet).")] = None,
     config: Annotated[Optional[Path], typer.Option(
         "--config", "-c", help="YAML config (default: the packaged one of --backbone).")] = None,
     phase: Annotated[str, typer.Option(help=_PHASE_HELP)] = "all",
@@ -71,20 +70,22 @@ def train(
         "--set", help="Override a config value: key=value (YAML), repeatable, e.g. "
                       "--set phases.backbone.steps=200.")] = None,
 ) -> None:
-    """Train a model family (ENAF: backbone, exit heads, PSNR estimator) and export weights."""
-    from sr_tile.train import TrainingInterrupted, default_config, get_family, scale_steps
+    """Train a model family on the shared engine and export weights with their metadata."""
+    from sr_tile.train import (TrainingInterrupted, default_config, get_family, load_config,
+                               run_training, scale_steps)
 
-    fam = get_family(family)
+    task = get_family(family)
     sets = list(set_ or [])
     if config is None:
         if backbone is None:
-            raise ConfigError(f"give --backbone ({', '.join(fam.backbones)}) or --config FILE")
+            raise ConfigError(f"give --backbone ({', '.join(task.configs)}) or --config FILE")
         config_path = default_config(family, backbone)
     else:
         config_path = config
-    phases = fam.phases if phase in ("all", "calibrate") else (phase,)
-    if phase not in ("all", "calibrate", *fam.phases):
-        raise ConfigError(f"--phase must be all, calibrate or one of {', '.join(fam.phases)}, "
+    finish = (task.finish_phase,) if task.finish_phase else ()
+    phases = task.phases if phase in ("all", *finish) else (phase,)
+    if phase not in ("all", *finish, *task.phases):
+        raise ConfigError(f"--phase must be all or one of {', '.join((*task.phases, *finish))}, "
                           f"not {phase!r}")
     values: dict[str, Any] = {}
     if run_dir is not None:
@@ -93,7 +94,7 @@ def train(
         values["device"] = device
     if export is not None:
         values["export"] = str(export)
-    cfg = fam.load(config_path, sets, values=values)
+    cfg = load_config(config_path, sets, values=values)
     if backbone is not None and config is not None and cfg.model != f"{family}-{backbone}":
         raise ConfigError(f"--backbone {backbone} does not match the config's model {cfg.model}")
     if steps_scale != 1.0:
@@ -105,13 +106,13 @@ def train(
         ("--run-dir", run_dir), ("--resume", resume), ("--device", device),
         ("--steps-scale", None if steps_scale == 1.0 else steps_scale), ("--export", export),
     ], sets)
-    if phase == "calibrate":
-        _calibrate(cfg)
+    if phase in finish:
+        out.print(task.finish(cfg, None, console=err))
         return
     err.print(f"training {escape(cfg.model)} x{cfg.scale} in {escape(str(cfg.run_dir))}",
               highlight=False)
     try:
-        result = fam.run(cfg, phases=phases, resume=resume, console=err, command=command)
+        result = run_training(cfg, phases=phases, resume=resume, console=err, command=command)
     except TrainingInterrupted as exc:
         where = f"{exc.phase} step {exc.step}/{exc.total}"
         if exc.checkpoint is not None:
@@ -122,42 +123,10 @@ def train(
             err.print(f"[yellow]interrupted[/] at {where}; the last periodic checkpoint "
                       "remains. Continue with the same command plus --resume.", highlight=False)
         raise typer.Exit(130) from None
-    out.print(_summary(result))
+    out.print(_summary(result, task))
     if result.export_path is not None:
         out.print(f"weights: {result.export_path}", highlight=False)
-        if phase == "all":
-            _calibrate(cfg, result.export_path)
+        if phase == "all" and task.finish_phase:
+            out.print(task.finish(cfg, result.export_path, console=err))
 
 
-def _calibrate(cfg: Any, weights: Path | None = None) -> None:
-    """Find the L/M/S etas on training images and store them in the weights file."""
-    from sr_tile.train.calibrate import calibrate, write_presets
-
-    weights = Path(weights or cfg.export or Path(cfg.run_dir) / f"{cfg.model}-x{cfg.scale}"
-                   ".safetensors")
-    if not weights.is_file():
-        raise ConfigError(f"{weights}: no weights to calibrate; train first")
-    err.print(f"calibrating presets of {escape(str(weights))} on {escape(cfg.data.train_dir)}",
-              highlight=False)
-    result = calibrate(cfg.model, weights, cfg.data.train_dir, scale=cfg.scale,
-                       on_image=lambda name, k, n: err.print(f"calibration image {k}/{n} "
-                                                             f"{escape(name)}", highlight=False))
-    write_presets(weights, result)
-    rows = result["table"]
-    front, best = [], math.inf  # cheapest first; a row stays if it loses less than all cheaper
-    for row in sorted(rows, key=lambda r: (r["flops_pct"], r["loss_db"])):
-        if row["loss_db"] < best:
-            front.append(row)
-            best = row["loss_db"]
-    table = Table(title=f"presets of {weights.name} (loss vs full network, "
-                        f"{len(result['images'])} training images; the {len(front)} of "
-                        f"{len(rows)} settings that no other beats on both)",
-                  title_justify="left")
-    for name in ("gamma", "eta", "PSNR-Y loss", "FLOPs % (estimator incl.)", "preset"):
-        table.add_column(name, justify="right")
-    for row in reversed(front):
-        marks = ",".join(k for k, v in result["presets"].items()
-                         if (v["eta"], v["gamma"]) == (row["eta"], row["gamma"]))
-        table.add_row(f"{row['gamma']:g}", f"{row['eta']:g}", f"{row['loss_db']:.3f} dB",
-                      f"{row['flops_pct']:.1f}", marks)
-    out.print(table)

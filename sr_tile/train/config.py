@@ -26,12 +26,11 @@ import yaml
 from sr_tile.errors import ConfigError, UsageError
 
 __all__ = [
-    "PHASES", "DataConfig", "PhaseConfig", "PhasesConfig", "TrainConfig", "config_to_dict",
+    "DataConfig", "PhaseConfig", "invalid", "PhasesConfig", "TrainConfig", "config_to_dict",
     "dump_config", "from_dict", "load_config", "parse_override", "resume_conflicts",
     "scale_steps", "with_overrides",
 ]
 
-PHASES = ("backbone", "exits", "estimator")
 _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -43,6 +42,11 @@ class _Invalid(ConfigError):
         super().__init__(f"{key}: {message}")
         self.key = key
         self.message = message
+
+
+def invalid(key: str, message: str) -> ConfigError:
+    """The error a config dataclass raises for a bad field (the loader adds the path)."""
+    return _Invalid(key, message)
 
 
 def _positive(key: str, value: float) -> None:
@@ -89,39 +93,29 @@ class DataConfig:
 class PhaseConfig:
     """One training phase: Adam at ``lr`` with cosine decay to ``lr_min`` over ``steps``.
 
-    ``frozen_lr``: learning rate of the parts a phase does not train (phase ``exits``: trunk
-    and full head); None freezes them (``requires_grad`` False). ``grad_clip``: max global
-    gradient norm, None = no clipping. ``val_every`` / ``ckpt_every`` / ``log_every`` are in
+    ``grad_clip``: max global gradient norm, None = no clipping. ``val_every`` / ``ckpt_every`` / ``log_every`` are in
     steps; validation and a checkpoint also happen at the end of the phase. ``l2_warmup``:
-    the first steps of phases ``backbone`` and ``exits`` use L2 instead of L1. Over a bicubic
+    the first steps use L2 instead of L1 (in a phase whose loss is a pixel loss). Over a bicubic
     skip the residual to learn is small and mostly noise, L1's gradient is only its sign, and
     a run from scratch can idle at bicubic quality for thousands of steps (FSRCNN: ~8k; CARN-M:
     +0.001 dB after 1k steps, with zero or small head init); L2's gradient is the residual
     itself, so edges lead from the first step (CARN-M: +0.25 dB after 500 steps).
 
-    ``label_pool`` (phase ``estimator`` only): label this many random training patches once
-    (every path's PSNR-Y, the costly part: a whole backbone pass per patch) and train on random
-    draws from them, with a random flip/transpose per batch, instead of labelling every
-    batch anew. Steps then cost only the estimator, so the phase can take thousands of them.
-    None labels every batch (the paper's way).
+    A family whose phases need more settings subclasses this (ENAF: ``EnafPhaseConfig``).
     """
 
     steps: int
     lr: float = 1e-3
     lr_min: float = 1e-8
     batch_size: int = 16
-    frozen_lr: float | None = None
     grad_clip: float | None = None
     val_every: int = 1000
     ckpt_every: int = 500
     log_every: int = 50
     l2_warmup: int = 0
-    label_pool: int | None = None
 
     def __post_init__(self) -> None:
         _non_negative("l2_warmup", self.l2_warmup)
-        if self.label_pool is not None:
-            _positive("label_pool", self.label_pool)
         if self.steps < 0:
             raise _Invalid("steps", f"must be >= 0, got {self.steps}")
         _positive("lr", self.lr)
@@ -130,8 +124,6 @@ class PhaseConfig:
             raise _Invalid("lr_min", f"must be <= lr ({self.lr}), got {self.lr_min}")
         if self.batch_size < 1:
             raise _Invalid("batch_size", f"must be >= 1, got {self.batch_size}")
-        if self.frozen_lr is not None:
-            _non_negative("frozen_lr", self.frozen_lr)
         if self.grad_clip is not None:
             _positive("grad_clip", self.grad_clip)
         for key in ("val_every", "ckpt_every", "log_every"):
@@ -141,26 +133,22 @@ class PhaseConfig:
 
 @dataclass(frozen=True)
 class PhasesConfig:
-    """ENAF's three phases, in order (paper sec. 3.2 / 4.1.2)."""
+    """A family's phases, one field per phase in order (a family's task names its subclass,
+    e.g. ENAF's backbone, exits and estimator)."""
 
-    backbone: PhaseConfig
-    exits: PhaseConfig
-    estimator: PhaseConfig
-
-    def __post_init__(self) -> None:
-        for name in ("backbone", "exits"):
-            if self.get(name).label_pool is not None:
-                raise _Invalid(f"{name}.label_pool", "only the estimator phase has one")
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
 
     def get(self, name: str) -> PhaseConfig:
-        if name not in PHASES:
-            raise ConfigError(f"unknown phase {name!r}; phases: {', '.join(PHASES)}")
+        if name not in self.names():
+            raise ConfigError(f"unknown phase {name!r}; phases: {', '.join(self.names())}")
         return typing.cast(PhaseConfig, getattr(self, name))
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """A whole ENAF training run.
+    """A whole training run of any family; ``phases`` is the family's own (typed by its task).
 
     ``device``: auto (cuda when available), cpu, cuda or cuda:N. ``threads``: CPU threads for
     torch (None: torch's default, one per core; 1 is much faster on a machine that other jobs
@@ -174,7 +162,7 @@ class TrainConfig:
 
     model: str
     data: DataConfig
-    phases: PhasesConfig
+    phases: Any  # the family's PhasesConfig subclass, built by from_dict
     scale: int = 4
     seed: int = 0
     run_dir: str = "runs/train"
@@ -219,7 +207,9 @@ def _type_name(tp: Any) -> str:
 
 def _convert(value: Any, tp: Any, key: str) -> Any:
     """``value`` checked against the annotation ``tp`` (int, float, str, bool, X | None,
-    or a config dataclass)."""
+    or a config dataclass; ``Any``: already built)."""
+    if tp is Any:
+        return value
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)
@@ -326,11 +316,16 @@ def from_dict(data: Mapping[str, Any], *, base: Path | None = None,
     """Validate a config mapping; relative paths are resolved against ``base`` (CWD)."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: must be a YAML mapping at the top level")
+    task = _task(data.get("model"), source)
     try:
-        cfg: TrainConfig = _build(TrainConfig, data)
+        if not isinstance(data.get("phases"), Mapping):  # missing: reported in field order
+            _build(TrainConfig, data)
+            raise ConfigError(f"phases: must be a mapping, got {data['phases']!r}")
+        phases = _build(task.phases_config, data["phases"], "phases.")
+        cfg: TrainConfig = _build(TrainConfig, {**data, "phases": phases})
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    _check_model(cfg, source)
+    _check_scale(cfg, source)
     base = Path.cwd() if base is None else base
     data_cfg = dataclasses.replace(
         cfg.data, train_dir=_resolve_path(cfg.data.train_dir, base),
@@ -340,14 +335,21 @@ def from_dict(data: Mapping[str, Any], *, base: Path | None = None,
         export=_resolve(cfg.export, base), init=_resolve(cfg.init, base))
 
 
-def _check_model(cfg: TrainConfig, source: str) -> None:
+def _task(model: Any, source: str) -> Any:
+    """The training task of the config's model (its family's, from the registry)."""
+    from sr_tile.models.registry import MODELS, training_task
+
+    trainable = sorted(n for n, e in MODELS.items() if e.train is not None)
+    if not isinstance(model, str) or model not in MODELS or MODELS[model].train is None:
+        raise ConfigError(f"{source}: model: {model!r} cannot be trained; "
+                          f"use one of {', '.join(trainable)}")
+    return training_task(model)
+
+
+def _check_scale(cfg: TrainConfig, source: str) -> None:
     from sr_tile.models.registry import MODELS
 
-    entry = MODELS.get(cfg.model)
-    trainable = sorted(n for n, e in MODELS.items() if e.routing == "exits")
-    if entry is None or entry.routing != "exits":
-        raise ConfigError(f"{source}: model: {cfg.model!r} is not an ENAF model; "
-                          f"use one of {', '.join(trainable)}")
+    entry = MODELS[cfg.model]
     if cfg.scale not in entry.scales:
         raise ConfigError(f"{source}: scale: {cfg.model} supports "
                           f"{', '.join(f'x{s}' for s in entry.scales)}, not x{cfg.scale}")
@@ -382,9 +384,9 @@ def scale_steps(cfg: TrainConfig, factor: float) -> TrainConfig:
         raise UsageError(f"--steps-scale must be > 0, got {factor}")
     phases = {
         name: dataclasses.replace(p, steps=max(1, round(p.steps * factor)) if p.steps else 0)
-        for name in PHASES for p in [cfg.phases.get(name)]
+        for name in cfg.phases.names() for p in [cfg.phases.get(name)]
     }
-    return dataclasses.replace(cfg, phases=PhasesConfig(**phases))
+    return dataclasses.replace(cfg, phases=type(cfg.phases)(**phases))
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
@@ -401,8 +403,8 @@ def dump_config(cfg: TrainConfig) -> str:
 # equals the uninterrupted one bit for bit only on the same device and thread count.)
 RESUMABLE_CHANGES = frozenset({
     "device", "threads", "export", "data.cache_dir", "data.train_dir", "data.val_dir",
-    *(f"phases.{p}.{k}" for p in PHASES for k in ("val_every", "ckpt_every", "log_every")),
 })
+_RESUMABLE_PHASE_KEYS = ("val_every", "ckpt_every", "log_every")  # under phases.<phase>.
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -419,5 +421,6 @@ def resume_conflicts(saved: Mapping[str, Any], current: TrainConfig) -> list[str
     """Keys whose value differs from the saved run's in a way that changes the result."""
     old, new = flatten(saved), flatten(config_to_dict(current))
     keys = sorted(set(old) | set(new))
-    return [k for k in keys if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k)]
+    return [k for k in keys if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES
+            and not (k.startswith("phases.") and k.rsplit(".", 1)[-1] in _RESUMABLE_PHASE_KEYS)]
 

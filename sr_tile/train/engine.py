@@ -188,7 +188,15 @@ class TrainTask:
     """
 
     name = ""
+    summary = ""
     phases: tuple[str, ...] = ()
+    phases_config: type = object  # the family's PhasesConfig subclass (typed phase settings)
+    configs: dict[str, str] = {}  # --backbone (or variant) -> packaged config file
+    finish_phase: str | None = None  # a step after export (ENAF: calibrate), or None
+
+    def finish(self, cfg: Any, weights: Path | None, *, console: Console | None = None) -> Any:
+        """Run after export, and alone as ``--phase <finish_phase>``; returns what to print."""
+        return None
 
     def init_model(self, model: torch.nn.Module, config: Any) -> None:
         """A fresh model (no init weights, no checkpoint) before its first phase."""

@@ -21,7 +21,7 @@ from sr_tile.routing import RoutingOptions
 
 # Presets trade PSNR for FLOPs like the paper's ENAF-L/M/S. Each is an (eta,
 # gamma) pair calibrated on training images for each shipped model and stored in
-# its weights' metadata (sr_tile.train.calibrate); these are the fall-backs for
+# its weights' metadata (sr_tile.models.enaf.calibrate); these are the fall-backs for
 # weights without calibration (gamma 1 as in the paper's code).
 DEFAULT_GAMMA = 1.0
 DEFAULT_PRESETS: dict[str, dict[str, float]] = {

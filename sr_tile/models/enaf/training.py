@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 from safetensors import safe_open
 
 from sr_tile.errors import ConfigError
@@ -35,7 +38,7 @@ from sr_tile.models.checkpoint import save_safetensors
 from sr_tile.models.enaf.model import EnafSR
 from sr_tile.models.enaf.multiexit import MultiExitSR
 from sr_tile.models.layers import small_init_
-from sr_tile.train.config import PHASES, PhaseConfig
+from sr_tile.train.config import PhaseConfig, PhasesConfig, invalid
 from sr_tile.train.data import PatchSampler, ValSet, step_generator
 from sr_tile.train.engine import (JsonlLog, PhaseContext, StopFlag, TrainingInterrupted,
                                   TrainTask, _Display)
@@ -46,6 +49,46 @@ __all__ = [
     "path_psnr_targets", "patch_psnr_y",
 ]
 
+@dataclass(frozen=True)
+class EnafPhaseConfig(PhaseConfig):
+    """A phase of ENAF: the shared settings, and two of its own.
+
+    ``frozen_lr``: learning rate of the parts a phase does not train (phase ``exits``: trunk
+    and full head); None freezes them (``requires_grad`` False).
+
+    ``label_pool`` (phase ``estimator`` only): label this many random training patches once
+    (every path's PSNR-Y, the costly part: a whole backbone pass per patch) and train on random
+    draws from them, with a random flip/transpose per batch, instead of labelling every
+    batch anew. Steps then cost only the estimator, so the phase can take thousands of them.
+    None labels every batch (the paper's way).
+    """
+
+    frozen_lr: float | None = None
+    label_pool: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.frozen_lr is not None and self.frozen_lr < 0:
+            raise invalid("frozen_lr", f"must be >= 0, got {self.frozen_lr}")
+        if self.label_pool is not None and self.label_pool <= 0:
+            raise invalid("label_pool", f"must be > 0, got {self.label_pool}")
+
+
+@dataclass(frozen=True)
+class EnafPhases(PhasesConfig):
+    """ENAF's three phases, in order (paper sec. 3.2 / 4.1.2)."""
+
+    backbone: EnafPhaseConfig
+    exits: EnafPhaseConfig
+    estimator: EnafPhaseConfig
+
+    def __post_init__(self) -> None:
+        for name in ("backbone", "exits"):
+            if self.get(name).label_pool is not None:
+                raise invalid(f"{name}.label_pool", "only the estimator phase has one")
+
+
+PHASES = EnafPhases.names()
 PATH_NAMES = ("bicubic", "exit1", "exit2", "full")
 PSNR_CAP = 60.0  # dB: flat patches would otherwise give huge or infinite targets
 _Y_WEIGHTS = (65.481, 128.553, 24.966)  # BT.601, RGB in [0, 1] -> Y - 16 in [0, 219]
@@ -272,7 +315,8 @@ def format_val(result: dict[str, Any]) -> str:
     return text
 
 
-def _set_trainable(model: EnafSR, phase: str, config: PhaseConfig) -> list[dict[str, Any]]:
+def _set_trainable(model: EnafSR, phase: str,
+                   config: EnafPhaseConfig) -> list[dict[str, Any]]:
     """requires_grad per phase; returns Adam's param groups (``base_lr`` drives the cosine)."""
     for p in model.parameters():
         p.requires_grad_(False)
@@ -377,7 +421,11 @@ class EnafTask(TrainTask):
     """ENAF on the shared engine: phases backbone, exits, estimator."""
 
     name = "enaf"
+    summary = "ENAF multi-exit CNNs: backbone, exit heads, PSNR estimator (3 phases)"
     phases = PHASES
+    phases_config = EnafPhases
+    configs = {"fsrcnn": "enaf_fsrcnn.yaml", "carn": "enaf_carn.yaml",
+               "srresnet": "enaf_srresnet.yaml"}  # --backbone -> packaged config
 
     def init_model(self, model: torch.nn.Module, config: Any) -> None:
         if config.full_head_init == "small":
@@ -418,3 +466,46 @@ class EnafTask(TrainTask):
 
     def format_val(self, result: dict[str, Any]) -> str:
         return format_val(result)
+
+    finish_phase = "calibrate"
+
+    def finish(self, cfg: Any, weights: Path | None, *, console: Console | None = None) -> Any:
+        """After export (or ``--phase calibrate``): the presets, calibrated on training
+        images and written into the weights file."""
+        return calibrate_presets(cfg, weights, console)
+
+
+def calibrate_presets(cfg: Any, weights: Path | None, console: Console | None) -> Table:
+    """Find the L/M/S presets on training images, store them in the weights file; the table
+    of the settings that no other beats on both loss and FLOPs."""
+    from sr_tile.models.enaf.calibrate import calibrate, write_presets
+
+    weights = Path(weights or cfg.export or Path(cfg.run_dir) / f"{cfg.model}-x{cfg.scale}"
+                   ".safetensors")
+    if not weights.is_file():
+        raise ConfigError(f"{weights}: no weights to calibrate; train first")
+    say = console.print if console is not None else (lambda *a, **k: None)
+    say(f"calibrating presets of {escape(str(weights))} on {escape(cfg.data.train_dir)}",
+        highlight=False)
+    result = calibrate(cfg.model, weights, cfg.data.train_dir, scale=cfg.scale,
+                       on_image=lambda name, k, n: say(f"calibration image {k}/{n} "
+                                                       f"{escape(name)}", highlight=False))
+    write_presets(weights, result)
+    rows = result["table"]
+    front, best = [], math.inf  # cheapest first; a row stays if it loses less than all cheaper
+    for row in sorted(rows, key=lambda r: (r["flops_pct"], r["loss_db"])):
+        if row["loss_db"] < best:
+            front.append(row)
+            best = row["loss_db"]
+    table = Table(title=f"presets of {weights.name} (loss vs full network, "
+                        f"{len(result['images'])} training images; the {len(front)} of "
+                        f"{len(rows)} settings that no other beats on both)",
+                  title_justify="left")
+    for name in ("gamma", "eta", "PSNR-Y loss", "FLOPs % (estimator incl.)", "preset"):
+        table.add_column(name, justify="right")
+    for row in reversed(front):
+        marks = ",".join(k for k, v in result["presets"].items()
+                         if (v["eta"], v["gamma"]) == (row["eta"], row["gamma"]))
+        table.add_row(f"{row['gamma']:g}", f"{row['eta']:g}", f"{row['loss_db']:.3f} dB",
+                      f"{row['flops_pct']:.1f}", marks)
+    return table
