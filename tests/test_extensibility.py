@@ -1,5 +1,6 @@
 """A new family is its own code plus a registry row (tests/tiny_families.py): registered here,
-each works through ``upscale``, ``bench`` and the conformance suite with no edit elsewhere."""
+each works through ``upscale``, ``bench``, ``train`` and the conformance suite with no edit
+elsewhere."""
 
 from __future__ import annotations
 
@@ -93,3 +94,34 @@ def test_families_from_outside_pass_the_conformance_suite(tiny, tmp_path, row):
         conformance.test_row_builds_and_its_descriptor_agrees(row.name, scale)
         conformance.test_forward_shape_flops_and_tiled_equals_whole(row.name, scale, picture)
         conformance.test_weights_survive_save_and_load(row.name, scale, tmp_path)
+
+
+def test_a_family_from_outside_trains_on_the_shared_engine(tiny, tmp_path, astronaut):
+    import yaml
+
+    from sr_tile.models.checkpoint import read_metadata
+
+    train, val = tmp_path / "train", tmp_path / "val"
+    for folder, crops in ((train, [(0, 0), (200, 150)]), (val, [(300, 300)])):
+        folder.mkdir()
+        for k, (y, x) in enumerate(crops):
+            Image.fromarray(astronaut[y:y + 96, x:x + 96]).save(folder / f"{k}.png")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": "tiny-static", "scale": 2, "run_dir": str(tmp_path / "run"), "device": "cpu",
+        "data": {"train_dir": str(train), "val_dir": str(val), "cache_dir": str(tmp_path / "c"),
+                 "lr_patch": 16, "val_patch": 16, "val_crops": 1},
+        "phases": {"main": {"steps": 4, "batch_size": 2, "val_every": 2, "ckpt_every": 2,
+                            "log_every": 2}},
+    }))
+    result = run("train", "tiny", "--config", config)
+    assert result.exit_code == 0, result.output
+    weights = tmp_path / "run" / "tiny-static-x2.safetensors"
+    meta = read_metadata(weights)
+    assert meta["iterations"] == {"main": 4} and meta["phases_done"] == ["main"]
+    assert "PSNR-Y" in result.output and meta["val"]["psnr_y"] > 20
+    create_model("tiny-static", scale=2, weights=weights)
+    result = run("train", "tiny", "--config", config, "--resume")
+    assert result.exit_code == 0, result.output  # nothing left to do: the run is complete
+    bad = run("train", "tiny", "--config", config, "--set", "phases.main.label_pool=8")
+    assert bad.exit_code == 1 and "phases.main.label_pool: unknown key" in bad.output

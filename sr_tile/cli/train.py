@@ -17,7 +17,10 @@ from rich.table import Table
 
 from sr_tile.cli._common import err, handle_errors, out
 from sr_tile.errors import ConfigError
+from sr_tile.models.registry import MODELS
 
+_FAMILY_HELP = "Model family to train: " + ", ".join(sorted(  # from the registry, torch-free
+    {entry.family for entry in MODELS.values() if entry.train is not None})) + "."
 _PHASE_HELP = ("Phases to run: all, or one of the family's (ENAF: backbone, exits, estimator, "
                "and calibrate, its presets on the smallest training images; all ends with it).")
 
@@ -47,8 +50,7 @@ def _summary(result: Any, task: Any) -> Table:
 
 @handle_errors
 def train(
-    family: Annotated[str, typer.Argument(
-        help="Model family to train: one whose registry rows name a training task (enaf).")],
+    family: Annotated[str, typer.Argument(help=_FAMILY_HELP)],
     backbone: Annotated[Optional[str], typer.Option(
         "--backbone", "-b", help="The family's packaged config to use (ENAF: fsrcnn, carn or "
                                  "srresnet).")] = None,
