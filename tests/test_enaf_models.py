@@ -14,10 +14,10 @@ from torch import nn
 
 from sr_tile.flops import count_flops
 from sr_tile.imresize import imresize
+from sr_tile.models import MODELS
 from sr_tile.models.descriptor import Routing
 from sr_tile.models.enaf.carn import build as build_carn
-from sr_tile.models.enaf.estimator import (BLANK_THRESHOLD, PSNREstimator, blank_score,
-                                           is_blank)
+from sr_tile.models.enaf.estimator import BLANK_THRESHOLD, PSNREstimator, blank_score, is_blank
 from sr_tile.models.enaf.fsrcnn import EnafFSRCNN, FSRCNNConfig
 from sr_tile.models.enaf.fsrcnn import build as build_fsrcnn
 from sr_tile.models.enaf.multiexit import MultiExitSR
@@ -375,8 +375,8 @@ def test_estimator_predicts_bicubic_psnr_plus_gains() -> None:
 
 
 def test_enaf_reads_a_patch_by_sub_tiles_combined_by_their_mean_mse() -> None:
-    from sr_tile.models.enaf.model import ESTIMATOR_PART, EnafSR
     from sr_tile.models.enaf.estimator import combine_psnr
+    from sr_tile.models.enaf.model import ESTIMATOR_PART, EnafSR
 
     torch.manual_seed(0)
     model = EnafSR(backbone=build_carn(scale=4)).eval()
@@ -404,14 +404,17 @@ def test_enaf_reads_a_patch_by_sub_tiles_combined_by_their_mean_mse() -> None:
     assert model.estimator_flops(36, 36) == count_flops(model.estimator, (1, 3, 36, 36))
 
 
-@pytest.mark.parametrize("name", ["enaf-fsrcnn", "enaf-carn", "enaf-srresnet"])
-def test_shipped_weights_load_say_how_they_were_made_and_beat_bicubic(name, astronaut):
+SHIPPED = [(name, scale) for name, entry in MODELS.items() for scale in entry.weights]
+
+
+@pytest.mark.parametrize("name, scale", SHIPPED, ids=[f"{n}-x{s}" for n, s in SHIPPED])
+def test_shipped_weights_load_say_how_they_were_made_and_beat_bicubic(name, scale, astronaut):
     from sr_tile.metrics import psnr_y
     from sr_tile.models.checkpoint import read_metadata
     from sr_tile.models.registry import create_model, shipped_weights
 
-    path = shipped_weights(name, 4)
-    assert path is not None, f"{name}: no shipped x4 weights"
+    path = shipped_weights(name, scale)
+    assert path is not None, f"{name}: no shipped x{scale} weights"
     meta = read_metadata(path)
     assert meta["command"].startswith("sr-tile train enaf") and meta["hardware"]
     steps, run = dict.fromkeys(("backbone", "exits", "estimator"), 0), meta
@@ -421,11 +424,11 @@ def test_shipped_weights_load_say_how_they_were_made_and_beat_bicubic(name, astr
         run = run.get("init")
     assert all(steps.values()), steps
     assert set(meta["presets"]) == {"L", "M", "S"}
-    model = create_model(name, weights=path).eval()
-    hr = torch.from_numpy(astronaut[32:288, 160:416]).permute(2, 0, 1)[None].float() / 255
-    lr = imresize(hr, 0.25)
+    model = create_model(name, scale=scale, weights=path).eval()
+    hr = torch.from_numpy(astronaut[32:284, 160:412]).permute(2, 0, 1)[None].float() / 255
+    lr = imresize(hr, 1 / scale)
     with torch.inference_mode():
         full, skip = model(lr), model.backbone.forward_path(lr, 0)
     as_u8 = [(t[0].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
              for t in (full, skip, hr)]
-    assert psnr_y(as_u8[0], as_u8[2], 4) > psnr_y(as_u8[1], as_u8[2], 4) + 0.3
+    assert psnr_y(as_u8[0], as_u8[2], scale) > psnr_y(as_u8[1], as_u8[2], scale) + 0.3
