@@ -23,7 +23,7 @@ def models(
         table.add_column(name)
     rows = []
     for entry in MODELS.values():
-        scales = ", ".join(f"x{s}" for s in entry.scales)
+        scales = entry.describe_scales()
         weights = ", ".join(entry.weights.values()) or "none needed"
         name = entry.name + (" (default)" if entry.name == DEFAULT_MODEL else "")
         table.add_row(name, scales, entry.routing, weights, entry.summary)
@@ -31,6 +31,9 @@ def models(
             {
                 "name": entry.name,
                 "scales": list(entry.scales),
+                "scale_range": list(entry.scale_range) if entry.scale_range else None,
+                "family": entry.family,
+                "trains": entry.train is not None,
                 "routing": entry.routing,
                 "weights": entry.weights,
                 "default": entry.name == DEFAULT_MODEL,
