@@ -741,3 +741,29 @@ def test_cli_interrupted_says_how_to_resume(tmp_path: Path, monkeypatch) -> None
     result = CliRunner().invoke(_cli(), ["train", "enaf", "-b", "fsrcnn"])
     assert result.exit_code == 130
     assert "exits step 7/10" in result.output and "--resume" in result.output
+
+
+def test_cli_train_stopped_by_sigterm_says_so_once_and_exits_143(folders, tmp_path) -> None:
+    """The train command's own line is the only one, with the signal's exit code."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = tmp_path / "c.yaml"
+    raw = yaml.safe_load(dump_config(tiny_config(folders, tmp_path / "run",
+                                                 backbone={"steps": 100000})))
+    config.write_text(yaml.safe_dump(raw))
+    exe = Path(sys.executable).with_name("sr-tile")
+    proc = subprocess.Popen([exe, "train", "enaf", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "run" / "log.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and '"train"' in log.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    lines = [line for line in stderr.splitlines() if "interrupted" in line]
+    assert len(lines) == 1 and "--resume" in stderr and "Traceback" not in stderr

@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from sr_tile.cli._common import err, handle_errors, out
+from sr_tile.cli._common import State, err, handle_errors, out
 from sr_tile.errors import ConfigError
 from sr_tile.models.registry import MODELS
 
@@ -124,7 +124,8 @@ def train(
         else:
             err.print(f"[yellow]interrupted[/] at {where}; the last periodic checkpoint "
                       "remains. Continue with the same command plus --resume.", highlight=False)
-        raise typer.Exit(130) from None
+        State.interrupt_reported = True  # this line says it; no second "interrupted" line
+        raise typer.Exit(exc.exit_code) from None
     out.print(_summary(result, task))
     if result.export_path is not None:
         out.print(f"weights: {result.export_path}", highlight=False)

@@ -93,11 +93,19 @@ def catch_stop_signals() -> Iterator[StopFlag]:
 class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped early; ``checkpoint`` (None if none could be written) resumes it."""
 
-    def __init__(self, phase: str, step: int, total: int, checkpoint: Path | None) -> None:
+    def __init__(self, phase: str, step: int, total: int, checkpoint: Path | None,
+                 signal_name: str | None = None) -> None:
         where = f"{phase} step {step}/{total}"
         saved = f"checkpoint {checkpoint}" if checkpoint else "no new checkpoint"
         super().__init__(f"training interrupted at {where}; {saved}")
         self.phase, self.step, self.total, self.checkpoint = phase, step, total, checkpoint
+        self.signal_name = signal_name  # "SIGTERM"... when a stop signal asked for it
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal (SIGTERM: 143), 130 for Ctrl-C or a callback's interrupt."""
+        known = self.signal_name in signal.Signals.__members__
+        return 128 + (signal.Signals[self.signal_name] if known else signal.SIGINT)
 
 
 @dataclass(frozen=True)
@@ -332,7 +340,8 @@ def train_phase(task: TrainTask, model: torch.nn.Module, phase: str, config: Pha
         path = None if in_update else checkpoint(done_steps, False)
         log.write("interrupted", phase=phase, step=done_steps, total=total,
                   checkpoint=str(path) if path else None)
-        raise TrainingInterrupted(phase, done_steps, total, path) from None
+        name = exc.args[0] if exc.args and isinstance(exc.args[0], str) else None
+        raise TrainingInterrupted(phase, done_steps, total, path, name) from None
     finally:
         display.close()
 
