@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sr_tile.errors import ConfigError, ImageWriteError, UsageError
-from sr_tile.io.atomic import file_kind
+from sr_tile.io.atomic import not_regular
 from sr_tile.io.write import FORMAT_FOR_SUFFIX, canonical_format, output_format_for
 
 IMAGE_SUFFIXES = frozenset(  # what a folder scan picks up (GIF is read, not written)
@@ -275,9 +275,7 @@ def _never_written(path: Path, input_ids: set[tuple[int, int]]) -> str | None:
         return f"{path}: cannot use this path ({exc.strerror or exc})"
     if (info.st_dev, info.st_ino) in input_ids:
         return f"{path}: is an input of this run and is never replaced; choose another name"
-    if file_kind(info.st_mode):
-        return f"{path}: is {file_kind(info.st_mode)}; sr-tile only writes regular files"
-    return None
+    return not_regular(str(path), info.st_mode)
 
 
 def _exists(path: Path, overwrite: bool) -> str | None:

@@ -43,6 +43,13 @@ def file_kind(mode: int) -> str | None:
     return None if stat.S_ISREG(mode) else _NON_REGULAR.get(stat.S_IFMT(mode), "not a regular file")
 
 
+def not_regular(label: str, mode: int) -> str | None:
+    """The refusal for a target that is not a regular file (None for a regular file): the
+    one rule the planner, the pre-write check and the publish step all apply."""
+    kind = file_kind(mode)
+    return f"{label}: is {kind}; sr-tile only writes regular files" if kind else None
+
+
 def temp_path_for(path: Path) -> Path:
     """Hidden sibling ``.NAME.sr-tile-<pid>-<random>.tmp`` of ``path``."""
     name = f".{path.name[:_MAX_STEM]}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}.tmp"
@@ -61,9 +68,9 @@ def check_target(path: Path, label: str, overwrite: bool) -> None:
         info = None
     except OSError as exc:
         raise ImageWriteError(f"{label}: cannot use this path ({exc.strerror or exc})") from None
-    if info is not None and file_kind(info.st_mode):
-        raise ImageWriteError(f"{label}: is {file_kind(info.st_mode)}; "
-                              "sr-tile only writes regular files")
+    problem = not_regular(label, info.st_mode) if info is not None else None
+    if problem:
+        raise ImageWriteError(problem)
     if not path.parent.is_dir():
         raise ImageWriteError(f"{label}: directory {str(path.parent)!r} does not exist")
     if not overwrite and os.path.lexists(path):
@@ -160,9 +167,9 @@ def _alive(pid: int) -> bool:
 def _publish(tmp: Path, path: Path, label: str, overwrite: bool) -> None:
     if overwrite:
         with contextlib.suppress(OSError):  # checked again: the target may have changed
-            kind = file_kind(os.stat(path).st_mode)
-            if kind:
-                raise ImageWriteError(f"{label}: is {kind}; sr-tile only writes regular files")
+            problem = not_regular(label, os.stat(path).st_mode)
+            if problem:
+                raise ImageWriteError(problem)
         os.replace(tmp, path)
         return
     try:
