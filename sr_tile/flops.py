@@ -11,6 +11,13 @@ what a FLOP is, so every number is produced under a named, labelled *convention*
 ``torch``
     Whatever ``torch.utils.flop_counter.FlopCounterMode`` reports. It counts a transposed conv at
     its input size (FSRCNN: ~50 M) but sees every dispatched op (attention matmuls included).
+    Its first use in a process costs ~2 s (it imports torch's dynamo machinery).
+``executed``
+    ``classsr``'s layer hooks, but a transposed conv counted at its INPUT resolution: the
+    multiply-adds its kernels actually do (a subclass that runs another conv says so with
+    ``executed_flops(inputs, output)``, e.g. ``SubPixelConvTranspose2d``). For a network of
+    convs and linears it equals ``torch`` without torch's dispatch machinery; ENAF's routing
+    weighs its paths by it.
 
 **The ``flops`` protocol.** Layer hooks cannot see work done with functional ops (attention
 ``matmul``, interpolation, gathers). A module may therefore define
@@ -20,13 +27,17 @@ must include its children's convs). It is called on the meta-device copy: use sh
 values. A zero-argument ``flops(self)`` (SwinIR/HAT style, fixed resolution) is not this protocol:
 it is ignored with a warning and the children are counted. ``torch`` ignores the protocol.
 
-Counting runs on a meta-device copy of the model, so a 5120x2880 input costs no compute or memory.
+Counting runs on a copy of the model: on the meta device, so a 5120x2880 input costs no compute
+or memory; but a process's first meta run imports ~2 s of torch's dynamo machinery (its Python meta
+kernels are wrapped by it), so a small input (a routing tile) is counted by a real CPU run of the
+copy on zeros instead while that machinery is not loaded: same counts, a few ms.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
+import sys
 import threading
 import warnings
 import weakref
@@ -40,8 +51,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sr_tile.errors import ConfigError
 
-Convention = Literal["classsr", "torch"]
-CONVENTIONS: tuple[str, ...] = ("classsr", "torch")
+Convention = Literal["classsr", "torch", "executed"]
+CONVENTIONS: tuple[str, ...] = ("classsr", "torch", "executed")
+#: Inputs up to this many pixels (N x H x W) are counted by a real CPU run while torch's dynamo
+#: machinery is not loaded (SRResNet on 64x64: ~0.1 s, against ~2 s for the first meta run).
+REAL_RUN_PIXELS = 64 * 64
 
 #: Builds the forward's positional args for ``input_shape`` on ``device`` (tensor or tuple).
 InputsFn = Callable[[tuple[int, ...], torch.device], torch.Tensor | tuple[torch.Tensor, ...]]
@@ -109,8 +123,9 @@ class _Tally:
         self.total += n
 
 
-def _install_classsr_hooks(model: nn.Module, tally: _Tally) -> None:
-    """Hook the layers that ``classsr`` counts; a protocol ``flops`` module hides its subtree.
+def _install_hooks(model: nn.Module, tally: _Tally, *, transposed_at_output: bool) -> None:
+    """Hook the layers that ``classsr`` (and ``executed``) count; a protocol ``flops`` module
+    hides its subtree.
 
     Each module is hooked once (a shared module reached twice must not double count per call);
     a module *called* twice is counted twice, as it should be.
@@ -131,9 +146,19 @@ def _install_classsr_hooks(model: nn.Module, tally: _Tally) -> None:
             k = 1
             for s in module.kernel_size:
                 k *= s
-            # output.numel() = N * Cout * prod(out_spatial): transposed convs at OUTPUT resolution.
-            module.register_forward_hook(
-                lambda _m, _i, out, c=cin_per_group * k: tally.add(2 * c * out.numel()))
+            executed = getattr(module, "executed_flops", None)
+            if module.transposed and not transposed_at_output and executed is not None:
+                module.register_forward_hook(
+                    lambda _m, inputs, out, f=executed: tally.add(int(f(inputs, out))))
+            elif module.transposed and not transposed_at_output:  # N*Cout*prod(in_spatial)
+                d = len(module.kernel_size)
+                module.register_forward_hook(
+                    lambda _m, inputs, out, c=cin_per_group * k, d=d: tally.add(
+                        2 * c * out.numel() // out.shape[-d:].numel()
+                        * inputs[0].shape[-d:].numel()))
+            else:  # out.numel() = N * Cout * prod(out_spatial)
+                module.register_forward_hook(
+                    lambda _m, _i, out, c=cin_per_group * k: tally.add(2 * c * out.numel()))
         elif isinstance(module, nn.Linear):
             # output.numel() = rows * out_features, whatever the leading dims are.
             module.register_forward_hook(
@@ -162,7 +187,7 @@ def _run(model: nn.Module, input_shape: tuple[int, ...], convention: Convention,
                 clone(*args)
             return int(counter.get_total_flops())
         tally = _Tally()
-        _install_classsr_hooks(clone, tally)
+        _install_hooks(clone, tally, transposed_at_output=convention == "classsr")
         clone(*args)
         return tally.total
 
@@ -188,6 +213,10 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...], convention: Conv
     shape = tuple(int(s) for s in input_shape)
     if not shape or any(s <= 0 for s in shape):
         raise ConfigError(f"input_shape must be positive sizes, got {input_shape!r}")
+    pixels = shape[0] * (shape[-2] * shape[-1] if len(shape) > 2 else 1)
+    if (convention != "torch" and pixels <= REAL_RUN_PIXELS
+            and "torch._dynamo" not in sys.modules):
+        return _run(model, shape, convention, "cpu", inputs_fn)
     try:
         return _run(model, shape, convention, "meta", inputs_fn)
     except Exception as meta_error:  # noqa: BLE001 - a genuine bug re-raises from the CPU run

@@ -83,6 +83,13 @@ def test_path_flops_match_paper(name: str) -> None:
     assert model.path_flops(64, 32)[3] == 2 * costs[3]  # pure convs: linear in area
 
 
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_routing_costs_are_the_work_torch_sees(name: str) -> None:
+    """Routing weighs paths by ``executed`` FLOPs: torch's own count for these convnets."""
+    model = BUILDERS[name](scale=4)
+    assert model.path_flops(32, 32, "executed") == model.path_flops(32, 32, "torch")
+
+
 def test_path_flops_exact_arithmetic() -> None:
     """The sums written out in the module docstrings, to the FLOP."""
     assert build_fsrcnn().path_flops(32, 32) == (0, 143_572_992, 315_211_776, 467_877_888)

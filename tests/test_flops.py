@@ -35,7 +35,7 @@ def classsr_classifier() -> nn.Sequential:
 
 
 def test_conventions_listed() -> None:
-    assert CONVENTIONS == ("classsr", "torch")
+    assert CONVENTIONS == ("classsr", "torch", "executed")
     with pytest.raises(ConfigError):
         count_flops(nn.Conv2d(3, 3, 1), (1, 3, 4, 4), "macs")  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
@@ -57,6 +57,7 @@ def test_conv_transpose_output_vs_input_resolution() -> None:
     assert classsr == 2 * 56 * 81 * 3 * 128 * 128 == 445_906_944
     assert torch_conv == 2 * 56 * 81 * 3 * 32 * 32 == 27_869_184
     assert classsr == 16 * torch_conv
+    assert count_flops(deconv, (1, 56, 32, 32), "executed") == torch_conv
 
 
 def test_linear_rows() -> None:
@@ -74,6 +75,16 @@ def test_fsrcnn_matches_papers() -> None:
     assert abs(got - 468e6) / 468e6 < 0.03
     torch_conv = count_flops(fsrcnn(), (1, 3, 32, 32), "torch")
     assert torch_conv == expected - 2 * 56 * 81 * 3 * (128 * 128 - hw) == 49_840_128
+    assert count_flops(fsrcnn(), (1, 3, 32, 32), "executed") == torch_conv
+
+
+@pytest.mark.parametrize("convention", ["classsr", "executed"])
+def test_real_cpu_run_counts_as_meta(convention: str) -> None:
+    """Small inputs are counted by a real CPU run in a fresh process: the same numbers."""
+    for model, shape in [(fsrcnn(), (2, 3, 24, 20)), (classsr_classifier(), (1, 3, 32, 32)),
+                         (nn.ConvTranspose1d(4, 2, 5, stride=3), (3, 4, 7))]:
+        assert F._run(model, shape, convention, "cpu", None) == F._run(
+            model, shape, convention, "meta", None) > 0
 
 
 def test_classsr_classifier_exact() -> None:

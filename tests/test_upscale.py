@@ -165,6 +165,23 @@ def test_lean_start_up_imports_no_torch():
     assert "HEAVY []" in proc.stderr, proc.stderr[-500:]
 
 
+def test_first_image_of_a_process_pays_no_flops_counter_imports(tmp_path, astronaut):
+    """The default model's routed run counts its FLOPs without torch's dynamo machinery
+    (~2 s of imports on a process's first meta-device or FlopCounterMode count)."""
+    import subprocess
+
+    Image.fromarray(astronaut[:64, :80]).save(tmp_path / "in.png")
+    code = ("import sys\nfrom sr_tile import Upscaler\n"
+            f"r = Upscaler().upscale_file({str(tmp_path / 'in.png')!r}, "
+            f"{str(tmp_path / 'out.png')!r})\n"
+            "print('FLOPS', r.flops > 0, r.flops_static > 0, "
+            "[m for m in sys.modules if m.startswith('torch._dynamo')][:3], file=sys.stderr)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "FLOPS True True []" in proc.stderr, proc.stderr[-500:]
+
+
 def test_static_runs_a_routed_model_as_its_full_network(astronaut):
     """--static: ENAF's best quality, every tile through the full network, no router."""
     picture = np.ascontiguousarray(astronaut[:64, :96])

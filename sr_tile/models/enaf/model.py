@@ -73,10 +73,11 @@ class EnafSR(nn.Module):
         """``ESTIMATOR_PART``, or None (the whole patch) when it does not divide both sides."""
         return None if height % ESTIMATOR_PART or width % ESTIMATOR_PART else ESTIMATOR_PART
 
-    def costs(self, height: int, width: int, convention: Convention = "torch") -> torch.Tensor:
+    def costs(self, height: int, width: int, convention: Convention = "executed") -> torch.Tensor:
         """(P,) each path's FLOPs over the full network's, for one patch size.
 
-        Routing (Eq. 9's ``c``) uses the ``torch`` convention, the work that actually runs.
+        Routing (Eq. 9's ``c``) uses the ``executed`` convention, the work that actually runs
+        (for these convnets the ``torch`` count, without its ~2 s first-use import).
         ``classsr`` counts FSRCNN's deconvs at output resolution, 16x what the (sub-pixel)
         kernels do, which made exit 2 look 33% cheaper than the full network when it costs
         the same time; reports and ``--budget`` keep ``classsr``, the papers' convention.

@@ -58,7 +58,7 @@ class ExitRunner(TileRunner):
         image's eta. The estimator and the blank test read the whole image once, not tile by
         tile: overlapping tiles would read most pixels ~1.8 times (see ``_estimate``)."""
         height, width = tiling.tile_shape(image.shape[0], image.shape[1])
-        for convention in ("torch", FLOPS_CONVENTION):  # first counts here, untimed
+        for convention in ("executed", FLOPS_CONVENTION):  # first counts here, untimed
             self.model.costs(height, width, convention)
         if self.routing.path is not None:
             return

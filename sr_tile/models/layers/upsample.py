@@ -76,7 +76,7 @@ class SubPixelConvTranspose2d(nn.ConvTranspose2d):
     small correlation over ``d``; the phase weights are gathered from ``weight`` on every call
     (cheap, and differentiable, so training uses the same path). FLOPs hooks still see a
     ``ConvTranspose2d`` with the same output: ``classsr`` counts it at output resolution as
-    before; ``torch`` counts the conv that actually runs. Needs ``K - 2p + output_padding = s``
+    before; ``torch`` and ``executed`` count the conv that actually runs. Needs ``K - 2p + output_padding = s``
     (output exactly ``s`` x the input), groups 1 and dilation 1.
     """
 
@@ -119,6 +119,12 @@ class SubPixelConvTranspose2d(nn.ConvTranspose2d):
         else:
             y = F.conv2d(F.pad(x, self.pad), self.phase_weight(), bias)
         return pixel_shuffle(y, s)
+
+    def executed_flops(self, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
+        """FLOPs of the LR conv that actually runs (the ``executed`` convention)."""
+        x = inputs[0]
+        return 2 * self.in_channels * self.taps ** 2 * self.out_channels * self.stride[0] ** 2 \
+            * x.shape[0] * x.shape[-2] * x.shape[-1]
 
 
 class DeconvHead(nn.Module):
