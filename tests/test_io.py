@@ -869,6 +869,7 @@ def test_streaming_writers_use_bounded_memory(tmp_path, fmt):
             dtype=np.uint8,
             meta=ImageMeta("PNG"),
             fmt=fmt,
+            options=WriteOptions(workers=2),  # each compression thread holds ~1.5 MB more
         )
         peak = tracemalloc.get_traced_memory()[1]
     finally:

@@ -186,6 +186,9 @@ def upscale(
     ] = DEFAULT_MAX_PIXELS,
     alpha: Annotated[str, typer.Option(help="Alpha upscaling: bicubic or model.")] = "bicubic",
     quality: Annotated[int, typer.Option(help="JPEG/WebP quality.")] = 95,
+    compress_level: Annotated[int, typer.Option(
+        help=f"zlib level 0-9 for PNG and deflate TIFF (default {WriteOptions.compress_level}: "
+        "measured best size for time)", show_default=False)] = WriteOptions.compress_level,
     bigtiff: Annotated[
         Optional[bool], typer.Option("--bigtiff/--no-bigtiff", help="Force (or forbid) BigTIFF.")
     ] = None,

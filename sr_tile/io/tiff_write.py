@@ -2,9 +2,18 @@
 
 tifffile accepts an iterator of tiles when given the full shape, dtype and
 tile size, and zero-pads short edge tiles itself. We buffer incoming bands
-into one tile row (tile x width x C) and yield that row's tiles, so memory
-stays at about one tile row whatever the image size (plus tifffile's
-look-ahead, which ``buffersize`` limits to about one more tile row).
+into one tile row (tile x width x C) and yield that row's tiles.
+
+Tiles are compressed by ``workers`` threads (tifffile's ``maxworkers``; its
+own default is half the cores, i.e. one thread on a 2-core machine). With a
+tile iterator tifffile works in batches: it takes max(maxworkers,
+buffersize // tile bytes) tiles from the iterator, compresses them with
+``ThreadPoolExecutor.map`` and writes them in order before taking the next
+batch (so bands are not produced while a batch compresses). With
+``buffersize`` one tile row, memory stays at our row buffer plus one batch
+(one tile row, or ``workers`` tiles if that is more) and its compressed
+tiles, whatever the image height, and a batch of a tile row keeps the
+workers busy: a 20480-wide image has 80 tiles of 256 per row.
 
 EXIF is not written to TIFF: TIFF stores EXIF as a sub-IFD whose tags
 tifffile cannot take from a raw EXIF block, and carrying it half-way would
@@ -20,6 +29,7 @@ import numpy as np
 import tifffile
 
 from sr_tile.io.meta import ImageMeta
+from sr_tile.io.png_write import resolve_workers
 
 BIGTIFF_THRESHOLD = int(3.5 * 2**30)  # uncompressed bytes; classic TIFF offsets are 32-bit
 # Codecs tifffile implements itself when imagecodecs is not installed.
@@ -88,8 +98,16 @@ def write_tiff(
     tile: int,
     bigtiff: bool,
     icc_profile: bytes | None,
+    compress_level: int = 6,
+    workers: int | None = None,
 ) -> None:
-    """Write validated bands as one tiled image (contig samples, alpha unassociated)."""
+    """Write validated bands as one tiled image (contig samples, alpha unassociated).
+
+    ``compress_level`` (0-9) is zlib's level; lzma and zstd keep their codecs'
+    own defaults (the 0-9 scale does not carry over: lzma's preset 9 needs
+    ~670 MiB per thread, zstd's levels go to 22). ``workers`` threads compress
+    tiles (None: one per CPU).
+    """
     dtype = np.dtype(dtype)
     shape = (height, width) if channels == 1 else (height, width, channels)
     tile_row_bytes = tile * width * channels * dtype.itemsize
@@ -102,6 +120,7 @@ def write_tiff(
         "metadata": None,
         "software": "sr-tile",
         "buffersize": max(tile_row_bytes, 1),
+        "maxworkers": resolve_workers(workers),
     }
     if channels > 1:
         kwargs["planarconfig"] = "contig"
@@ -109,6 +128,8 @@ def write_tiff(
         kwargs["extrasamples"] = ("unassalpha",)
     if compression in ("zlib", "lzma", "zstd") and dtype.kind == "u":
         kwargs["predictor"] = True  # horizontal differencing: much smaller photos
+    if compression == "zlib":
+        kwargs["compressionargs"] = {"level": compress_level}
     if icc_profile:
         kwargs["iccprofile"] = icc_profile
     if meta.dpi is not None:
