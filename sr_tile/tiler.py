@@ -82,13 +82,23 @@ class TilePlan:
 
 
 def plan_axis(length: int, tile: int, overlap: int, margin: int,
-              out_length: int | None = None) -> TilePlan:
+              out_length: int | None = None, *, fit: bool = False,
+              size_multiple: int = 1) -> TilePlan:
     """Tile starts covering [0, length): stride ``tile - overlap``; the last tile is
     shifted left so it ends at the border (all tiles keep the same size). ``out_length``
-    defaults to ``length`` (scale 1)."""
+    defaults to ``length`` (scale 1).
+
+    ``fit``: first shrink the tile to the smallest side (a multiple of ``size_multiple``)
+    that covers the axis with as many tiles, so that neighbours overlap by about
+    ``overlap`` instead of the last tile re-running most of its neighbour (256 px tiles on
+    640 px: 219 px, 1.03x the pixels instead of 1.2x)."""
     out_length = length if out_length is None else out_length
     if length <= tile:
         return TilePlan(length, length, (0,), margin, max(overlap - 2 * margin, 1), out_length)
+    if fit:
+        count = -(-(length - overlap) // (tile - overlap))
+        fitted = -(-(length - overlap) // count) + overlap
+        tile = min(tile, -(-fitted // size_multiple) * size_multiple)
     stride = tile - overlap
     starts = list(range(0, length - tile, stride))
     starts.append(length - tile)
@@ -159,6 +169,7 @@ class TileConfig:
     margin: int
     size_multiple: int = 1
     batch_size: int = 4
+    fit: bool = False  # shrink tiles to fit the image evenly (``plan_axis``); not for routing
 
     @classmethod
     def resolve(
@@ -171,6 +182,7 @@ class TileConfig:
         default_overlap: int,
         size_multiple: int = 1,
         batch_size: int = 4,
+        fit: bool = False,
     ) -> TileConfig:
         """Fill defaults and check that the grid can be seam-free."""
         tile = default_tile if tile is None else tile
@@ -185,13 +197,12 @@ class TileConfig:
             )
         if overlap >= tile:
             raise UsageError(f"--overlap {overlap} must be smaller than --tile {tile}")
-        return cls(tile, overlap, margin, size_multiple, batch_size)
+        return cls(tile, overlap, margin, size_multiple, batch_size, fit)
 
     def plans(self, height: int, width: int, scale: float = 1.0) -> tuple[TilePlan, TilePlan]:
-        return (
-            plan_axis(height, self.tile, self.overlap, self.margin, output_length(height, scale)),
-            plan_axis(width, self.tile, self.overlap, self.margin, output_length(width, scale)),
-        )
+        return tuple(plan_axis(n, self.tile, self.overlap, self.margin, output_length(n, scale),
+                               fit=self.fit, size_multiple=self.size_multiple)
+                     for n in (height, width))  # type: ignore[return-value]
 
     def count(self, height: int, width: int) -> int:
         py, px = self.plans(height, width)

@@ -54,7 +54,7 @@ class UpscaleOptions:
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     write: WriteOptions = field(default_factory=WriteOptions)
     routing: RoutingOptions = field(default_factory=RoutingOptions)
-    static: bool = False  # run a routed model as its full static network (--static)
+    static: bool = False  # a routed model as its full network, on its static tiles (--static)
     weights: str | None = None  # a weights file instead of the shipped one
 
     def __post_init__(self) -> None:
@@ -146,14 +146,19 @@ class Upscaler:
             options.model, scale=options.scale, weights=options.weights or True
         ).to(self.device)
         self.descriptor = d = self.model.descriptor
+        routed = not options.static and d.routing != Routing.NONE
+        default_tile = d.default_tile if routed else (d.static_tile or d.default_tile)
         self.tiling = TileConfig.resolve(
             tile=options.tile,
             overlap=options.overlap,
             margin=d.margin,
-            default_tile=d.default_tile,
+            default_tile=default_tile,
             default_overlap=d.default_overlap,
             size_multiple=d.size_multiple,
-            batch_size=options.batch_size or auto_batch_size(options.tile or d.default_tile),
+            batch_size=options.batch_size or auto_batch_size(options.tile or default_tile),
+            # the model's own tile shrinks to fit the image; a --tile given, or a router's
+            # decision grid, is kept exactly
+            fit=options.tile is None and not routed,
         )
         self.runner: TileRunner = make_runner(
             self.model, device=self.device, alpha=options.alpha, routing=options.routing,

@@ -211,12 +211,14 @@ def test_rows_always_include_bicubic_and_static_backbones():
     assert [(r.label, r.kind, r.route, r.baseline) for r in rows] == [
         ("bicubic", "bicubic", False, None),
         ("enaf-fsrcnn static", "static", False, "bicubic"),
+        ("enaf-fsrcnn static best", "best", False, "bicubic"),
         ("enaf-fsrcnn M", "routed", True, "enaf-fsrcnn static"),
         ("enaf-fsrcnn eta=0", "sweep", True, "enaf-fsrcnn static"),
         ("enaf-fsrcnn eta=2", "sweep", True, "enaf-fsrcnn static"),
     ]
-    assert rows[1].preset is None and rows[2].preset == "M" and rows[3].preset is None
-    assert rows[3].repeat == 1
+    assert rows[1].preset is None and rows[3].preset == "M" and rows[4].preset is None
+    assert rows[4].repeat == 1
+    assert {r.best for r in rows[3:]} == {"enaf-fsrcnn static best"}
     with pytest.raises(ConfigError, match="unknown model 'nope'"):
         plan_rows(["nope"], opts)
 
@@ -255,8 +257,8 @@ def test_bench_json_shape_rows_and_csv(tmp_path, hr_folder, fsrcnn_weights):
     assert data["dataset"] == "set" and data["scale"] == 4
     assert data["flops_convention"] == "classsr" and data["torch_threads"] == 1
     rows = {r["label"]: r for r in data["models"]}
-    assert list(rows) == ["bicubic", "enaf-fsrcnn static", "enaf-fsrcnn M",
-                          "enaf-fsrcnn eta=0", "enaf-fsrcnn eta=4"]
+    assert list(rows) == ["bicubic", "enaf-fsrcnn static", "enaf-fsrcnn static best",
+                          "enaf-fsrcnn M", "enaf-fsrcnn eta=0", "enaf-fsrcnn eta=4"]
     for row in data["models"]:
         assert {"model", "preset", "mean", "images"} <= set(row)
         assert MEAN_KEYS <= set(row["mean"])
@@ -277,6 +279,18 @@ def test_bench_json_shape_rows_and_csv(tmp_path, hr_folder, fsrcnn_weights):
         assert set(r_im["exits"]) == {"bicubic", "exit1", "exit2", "full"}
         assert abs(sum(r_im["exits"].values()) - 1) < 1e-9
         assert r_im["flops_pct"] == pytest.approx(100 * r_im["flops"] / s_im["flops"])
+    # ... and against the same weights at their best static tiling (256 px tiles: the image
+    # in one tile, no overlap recomputed), by totals over the images
+    best = rows["enaf-fsrcnn static best"]
+    assert best["tile"] == 256 and static["tile"] == 32 and best["mean"]["flops_pct"] == 100.0
+    assert best["mean"]["flops"] <= static["mean"]["flops"]
+    assert routed["mean"]["flops_vs_best"] == pytest.approx(
+        routed["mean"]["flops"] / best["mean"]["flops"])
+    assert routed["mean"]["time_vs_best"] == pytest.approx(
+        routed["mean"]["latency_s"] / best["mean"]["latency_s"])
+    assert routed["mean"]["time_vs_static"] == pytest.approx(
+        routed["mean"]["latency_s"] / static["mean"]["latency_s"])
+    assert static["mean"]["time_vs_best"] is None  # static rows have no ratios of their own
     # bicubic PSNR through the bench equals bicubic up and down done by hand
     hr = to_rgb8(np.asarray(Image.open(hr_folder / "b.png").convert("RGB")))
     hr = mod_crop(hr, 4)
@@ -284,7 +298,7 @@ def test_bench_json_shape_rows_and_csv(tmp_path, hr_folder, fsrcnn_weights):
     assert bic["images"][1]["psnr_y"] == pytest.approx(psnr_y(sr, hr, 4), abs=0.05)
     # CSV: one line per row and image plus one mean line per row
     lines = list(csv.DictReader(io.StringIO(table.read_text())))
-    assert len(lines) == 5 * (3 + 1)
+    assert len(lines) == 6 * (3 + 1)
     assert {ln["image"] for ln in lines} == {"a", "b", "c", "mean"}
     mean_routed = next(ln for ln in lines if ln["label"] == "enaf-fsrcnn M" and ln["image"] == "mean")
     assert float(mean_routed["flops_pct"]) == pytest.approx(routed["mean"]["flops_pct"])
@@ -304,8 +318,8 @@ def test_bench_repeats_go_round_the_rows(tmp_path, hr_folder, fsrcnn_weights, mo
                  f"enaf-fsrcnn={fsrcnn_weights}", "--repeat", "3", "--no-warmup", "--limit", "1",
                  "--threads", "1", "--cache-dir", tmp_path / "cache")
     assert result.exit_code == 0, result.output
-    rows = calls[:3]  # bicubic, static, routed: one upscaler each
-    assert len(set(rows)) == 3 and calls == rows * 3
+    rows = calls[:4]  # bicubic, static, static best, routed: one upscaler each
+    assert len(set(rows)) == 4 and calls == rows * 3
 
 
 def test_bench_unreadable_image_is_reported_and_the_rest_go_on(tmp_path, hr_folder):

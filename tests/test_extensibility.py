@@ -76,7 +76,8 @@ def test_families_from_outside_work_through_bench(tiny, tmp_path, astronaut, mon
     assert result.exit_code == 0, result.output
     rows = {row["label"]: row
             for row in json.loads((tmp_path / "b.json").read_text())["models"]}
-    assert set(rows) == {"bicubic", "tiny-static", "tiny-routed static", "tiny-routed M"}
+    assert set(rows) == {"bicubic", "tiny-static", "tiny-routed static",
+                         "tiny-routed static best", "tiny-routed M"}
     for row in rows.values():
         assert np.isfinite(row["mean"]["psnr_y"]) and row["mean"]["flops"] > 0
     routed = rows["tiny-routed M"]  # its runner's field, averaged by bench without knowing it

@@ -117,6 +117,22 @@ def test_grid_covers_every_pixel_with_positive_weight(length, tile, overlap, mar
         assert w.max() == 1.0  # interior kept whole
 
 
+@pytest.mark.parametrize("length,tile,multiple", [(640, 256, 1), (400, 256, 1), (100, 32, 1),
+                                                  (1000, 256, 16), (257, 256, 1), (256, 256, 1)])
+def test_fitted_tiles_cover_the_axis_with_as_many_tiles_and_less_overlap(length, tile, multiple):
+    """``fit`` shrinks the tile so that neighbours overlap by about ``overlap``: the same
+    number of tiles, never more pixels, and the grid stays valid for blending."""
+    plain = plan_axis(length, tile, 8, 2)
+    fitted = plan_axis(length, tile, 8, 2, fit=True, size_multiple=multiple)
+    assert fitted.count == plain.count and fitted.tile <= plain.tile
+    assert fitted.tile % multiple == 0 or fitted.tile == length
+    assert fitted.starts[0] == 0 and fitted.starts[-1] + fitted.tile == length
+    assert all(0 < b - a <= fitted.tile - 8 for a, b in zip(fitted.starts, fitted.starts[1:]))
+    assert weight_sum(fitted).min() > 0
+    if (length, tile) == (640, 256):
+        assert fitted.tile == 219 and fitted.count * fitted.tile == 657  # 1.03x, not 1.2x
+
+
 def test_integer_images_round_trip_dtype():
     image = (np.random.default_rng(1).random((40, 50, 3)) * 65535).astype(np.uint16)
     config = TileConfig.resolve(tile=16, overlap=8, margin=1, default_tile=16, default_overlap=8)

@@ -120,7 +120,7 @@ def test_flops_are_counted_before_the_timed_batches(monkeypatch, astronaut, rout
     import sr_tile.models.enaf.model
     import sr_tile.models.enaf.multiexit
 
-    up = Upscaler(UpscaleOptions(model="enaf-fsrcnn", static=not route))
+    up = Upscaler(UpscaleOptions(model="enaf-fsrcnn", static=not route, tile=32))
     runner_type = type(up.runner)
     timed = [False]
     counted_while_timed = []
@@ -180,6 +180,18 @@ def test_first_image_of_a_process_pays_no_flops_counter_imports(tmp_path, astron
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "FLOPS True True []" in proc.stderr, proc.stderr[-500:]
+
+
+def test_static_runs_take_the_models_large_tiles_fitted_to_the_image():
+    """--static runs a routed model on its static tiles (256, shrunk to fit the image); the
+    router keeps its 32 px decision grid, and a --tile given is kept as given."""
+    static = Upscaler(UpscaleOptions(model="enaf-fsrcnn", static=True)).tiling
+    routed = Upscaler(UpscaleOptions(model="enaf-fsrcnn")).tiling
+    chosen = Upscaler(UpscaleOptions(model="enaf-fsrcnn", static=True, tile=100)).tiling
+    assert (static.tile, static.fit) == (256, True)
+    assert static.tile_shape(400, 640) == (204, 219)  # 2 x 3 tiles, 1.05x the pixels
+    assert (routed.tile, routed.fit) == (32, False) and routed.tile_shape(400, 640) == (32, 32)
+    assert (chosen.tile, chosen.fit) == (100, False) and chosen.tile_shape(400, 640) == (100, 100)
 
 
 def test_static_runs_a_routed_model_as_its_full_network(astronaut):

@@ -77,16 +77,27 @@ def _extras(extras: dict[str, Any]) -> dict[str, Any]:
 
 
 def _deltas(result: BenchResult, row: RowResult, mean: dict) -> dict[str, float | None]:
-    """Mean PSNR-Y against the row's own baseline and against bicubic."""
+    """Mean PSNR-Y against the row's own baseline and against bicubic; a routed row's FLOPs
+    and compute time as fractions of its static rows' (on the routing tiles, and at their
+    best tiling), ratios of totals over the images."""
+
+    def other(label: str | None, key: str) -> float | None:
+        row = result.row(label) if label else None
+        return None if row is None else row.mean()[key]
 
     def delta(label: str | None) -> float | None:
-        other = result.row(label) if label else None
-        if other is None or mean["psnr_y"] is None:
-            return None
-        base = other.mean()["psnr_y"]
-        return None if base is None else mean["psnr_y"] - base
+        base = other(label, "psnr_y")
+        return None if base is None or mean["psnr_y"] is None else mean["psnr_y"] - base
 
-    return {"psnr_y_vs_baseline": delta(row.spec.baseline), "psnr_y_vs_bicubic": delta("bicubic")}
+    def ratio(key: str, label: str | None) -> float | None:
+        base = other(label, key)
+        return None if not base or mean[key] is None else mean[key] / base
+
+    static = row.spec.baseline if row.spec.dynamic and row.spec.route else None
+    return {"psnr_y_vs_baseline": delta(row.spec.baseline), "psnr_y_vs_bicubic": delta("bicubic"),
+            "flops_vs_best": ratio("flops", row.spec.best),
+            "time_vs_static": ratio("latency_s", static),
+            "time_vs_best": ratio("latency_s", row.spec.best)}
 
 
 def _row_dict(result: BenchResult, row: RowResult) -> dict[str, Any]:
@@ -147,7 +158,7 @@ def to_dict(result: BenchResult) -> dict[str, Any]:
 CSV_COLUMNS = (
     "dataset", "scale", "model", "label", "kind", "preset", "image", "status",
     "psnr_y", "ssim_y", "flops", "flops_static", "flops_pct", "latency_s", "wall_s", "io_s",
-    "tiles", "error",
+    "tiles", "flops_vs_best", "time_vs_static", "time_vs_best", "error",
 )
 
 
@@ -208,6 +219,10 @@ def _f(x: float | None, fmt: str, suffix: str = "") -> str:
     return text
 
 
+def _pct(x: float | None) -> float | None:
+    return None if x is None else 100.0 * x
+
+
 def summary_table(result: BenchResult) -> Table:
     """One line per row, means over the images."""
     opts = result.options
@@ -219,7 +234,8 @@ def summary_table(result: BenchResult) -> Table:
         title=f"sr-tile bench {escape(result.dataset.name)} x{opts.scale}: mean of {n} images",
         caption=(
             f"FLOPs: per image, {FLOPS_CONVENTION} convention (router and estimator included); "
-            "%static: of the row's static backbone. "
+            "%static: of the row's static backbone on the same tiles; %best, t/best: FLOPs and "
+            "compute time against the same weights run static at their best tiling. "
             f"Latency: median of {opts.repeat} run{'s' if opts.repeat != 1 else ''}"
             f"{' (sweep rows: 1)' if sweep else ''}, model compute only"
             f"{f', {result.threads} torch thread(s)' if result.threads else ''}; "
@@ -236,8 +252,9 @@ def summary_table(result: BenchResult) -> Table:
         pad_edge=False,
     )
     table.add_column("row", min_width=13)  # wraps on narrow terminals; numbers never do
-    for name in ("PSNR-Y", "Δ base", "SSIM-Y", "FLOPs", "%static", "latency",
-                 *(["routing"] if routed else [])):
+    for name in ("PSNR-Y", "Δ base", "SSIM-Y", "FLOPs", "%static",
+                 *(["%best"] if routed else []), "latency",
+                 *(["t/best", "routing"] if routed else [])):
         table.add_column(name, justify="right", no_wrap=True)
     for row in result.rows:
         m = _row_dict(result, row)["mean"]
@@ -248,8 +265,10 @@ def summary_table(result: BenchResult) -> Table:
             _f(m["ssim_y"], ".4f"),
             format_flops(m["flops"]) if m["flops"] is not None else "-",
             _f(m["flops_pct"], ".1f", "%"),
+            *([_f(_pct(m["flops_vs_best"]), ".1f", "%")] if routed else []),
             _f(m["latency_s"], ".3f", " s"),
-            *([escape(row.describe({k: m[k] for k in _extra_keys(row) if m.get(k)
+            *([_f(m["time_vs_best"], ".2f", "x"),
+               escape(row.describe({k: m[k] for k in _extra_keys(row) if m.get(k)
                                     is not None}))] if routed else []),
             style="dim" if row.spec.kind == "sweep" else None,
         )

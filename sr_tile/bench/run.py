@@ -1,8 +1,11 @@
 """Benchmark models over a dataset: quality, FLOPs and latency, each row read against its baseline.
 
 Rows (:func:`plan_rows`): ``bicubic`` always; for a static model one row; for a dynamic (routed)
-model its static backbone (``static=True``) AND the routed model at the requested preset, eta or
-budget; with a sweep, one more routed row per eta (for the PSNR-vs-FLOPs curve).
+model its static backbone on the routing tiles (``static``: the baseline of its FLOPs %), the
+same weights at their best static tiling (``best``: ``--static`` on the model's large static
+tiles, what a user would run without routing), AND the routed model at the requested preset,
+eta or budget; with a sweep, one more routed row per eta (for the PSNR-vs-FLOPs curve).
+Routed rows read their FLOPs and time against both static rows.
 
 Each row runs every image exactly as ``sr-tile upscale`` does (:meth:`Upscaler.upscale_array`,
 tiled, uint8 in and out). Per model there is one untimed warm-up on a crop of the first image;
@@ -81,12 +84,13 @@ class RowSpec:
 
     label: str
     model: str
-    kind: str  # "bicubic" | "static" | "routed" | "exit" | "sweep"
+    kind: str  # "bicubic" | "static" | "best" | "routed" | "exit" | "sweep"
     route: bool
     routing: RoutingOptions
     repeat: int
     baseline: str | None  # label of the row this one's savings are read against
     dynamic: bool = False  # the model routes (its static row is its backbone)
+    best: str | None = None  # label of the model's static-best row (routed rows)
 
     @property
     def preset(self) -> str | None:
@@ -236,8 +240,10 @@ def plan_rows(models: list[str], options: BenchOptions) -> list[RowSpec]:
             rows.append(RowSpec(name, name, "static", False, RoutingOptions(), options.repeat,
                                 BASELINE_MODEL))
             continue
-        static = f"{name} static"
+        static, best = f"{name} static", f"{name} static best"
         rows.append(RowSpec(static, name, "static", False, RoutingOptions(), options.repeat,
+                            BASELINE_MODEL, dynamic=True))
+        rows.append(RowSpec(best, name, "best", False, RoutingOptions(), options.repeat,
                             BASELINE_MODEL, dynamic=True))
         if routing.budget is not None:
             how = f"budget={routing.budget:g}"
@@ -246,24 +252,34 @@ def plan_rows(models: list[str], options: BenchOptions) -> list[RowSpec]:
         else:
             how = (routing.preset or "M").upper()
         rows.append(RowSpec(f"{name} {how}", name, "routed", True, routing, options.repeat,
-                            static, dynamic=True))
+                            static, dynamic=True, best=best))
         if options.exit_rows:
             for k in range(1, 3):
                 rows.append(RowSpec(f"{name} exit{k}", name, "exit", True,
-                                    RoutingOptions(path=k), options.repeat, static, dynamic=True))
+                                    RoutingOptions(path=k), options.repeat, static, dynamic=True,
+                                    best=best))
         for eta in options.sweep:
             sweeps.append(RowSpec(f"{name} {_eta_label(eta)}", name, "sweep", True,
                                   replace(routing, eta=eta, preset=None, budget=None), 1, static,
-                                  dynamic=True))
+                                  dynamic=True, best=best))
     return rows + sweeps
 
 
 def _upscaler(spec: RowSpec, options: BenchOptions) -> Upscaler:
-    return Upscaler(UpscaleOptions(
-        scale=options.scale, model=spec.model, tile=options.tile, overlap=options.overlap,
-        batch_size=options.batch_size, device=options.device, routing=spec.routing,
-        static=not spec.route, weights=options.weights.get(spec.model), max_pixels=None,
-    ))
+    """The row's upscaler: the static-best row on the model's own static tiles, a routed
+    model's static row on the routing tiles (its routed rows' grid: equal tiles, so that
+    their FLOPs % compares paths alone)."""
+    best = spec.kind == "best"
+    opts = UpscaleOptions(
+        scale=options.scale, model=spec.model, tile=None if best else options.tile,
+        overlap=None if best else options.overlap, batch_size=options.batch_size,
+        device=options.device, routing=spec.routing, static=not spec.route,
+        weights=options.weights.get(spec.model), max_pixels=None,
+    )
+    up = Upscaler(opts)
+    if spec.kind == "static" and spec.dynamic and options.tile is None:
+        up = Upscaler(replace(opts, tile=up.descriptor.default_tile))
+    return up
 
 
 def _drop_duplicate_sweeps(specs: list[RowSpec], upscalers: list[Upscaler]) -> None:

@@ -210,7 +210,8 @@ def upscale(
         typer.Option(help="Routed models: mean FLOPs as a fraction of the full network."),
     ] = None,
     static: Annotated[bool, typer.Option(
-        help="Routed models: run the full network on every tile (best quality, most FLOPs).")
+        help="Routed models: run the full network on every tile, on the model's large static "
+             "tiles unless --tile (best quality, most FLOPs).")
     ] = False,
     exit_map: Annotated[
         Optional[Path],
@@ -233,7 +234,8 @@ def upscale(
         fmt=fmt,
         overwrite=overwrite,
         max_pixels=max_pixels,
-        write=WriteOptions(jpeg_quality=quality, webp_quality=quality, bigtiff=bigtiff),
+        write=WriteOptions(jpeg_quality=quality, webp_quality=quality, bigtiff=bigtiff,
+                           compress_level=compress_level),
         routing=RoutingOptions(eta=eta, gamma=gamma, preset=preset, budget=budget),
         weights=weights,
         static=static,

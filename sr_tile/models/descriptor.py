@@ -34,7 +34,12 @@ class ModelDescriptor:
             tiler gives them zero weight, so overlap must exceed ``2 * margin``.
         exact_tiling: True when ``margin`` covers the whole receptive field, so
             tiled output equals whole-image output up to float rounding.
-        default_tile: LR tile side used when the user gives none.
+        default_tile: LR tile side used when the user gives none (a routed model's
+            routing tile).
+        static_tile: a routed model's best LR tile side when run as a static network
+            (``--static``, bench's "static best" row) and the user gives none; None: the
+            ``default_tile``. Small routing tiles recompute their overlap (32/8: 1.78x the
+            image) where a static run needs none of it.
         default_overlap: LR overlap between neighbouring tiles by default.
         routing: how compute is routed per patch.
         flops_note: how the FLOPs of this model are counted, shown in reports.
@@ -48,6 +53,7 @@ class ModelDescriptor:
     exact_tiling: bool = False
     default_tile: int = 256
     default_overlap: int = 16
+    static_tile: int | None = None
     routing: Routing = Routing.NONE
     flops_note: str = ""
 
