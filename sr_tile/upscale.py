@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
 from typing import Any
 
 import numpy as np
@@ -130,6 +130,10 @@ def resolve_device(name: str) -> torch.device:
     raise UsageError(f"unknown device {name!r}; use cpu or cuda")
 
 
+class Cancelled(Exception):
+    """A job stopped before its next band because its batch was interrupted."""
+
+
 def _with_constant_alpha(bands: Iterator[np.ndarray], value) -> Iterator[np.ndarray]:
     for band in bands:
         alpha = np.full(band.shape[:2] + (1,), value, dtype=band.dtype)
@@ -160,9 +164,15 @@ class Upscaler:
             # decision grid, is kept exactly
             fit=options.tile is None and not routed,
         )
-        self.runner: TileRunner = make_runner(
-            self.model, device=self.device, alpha=options.alpha, routing=options.routing,
-            static=options.static)
+        self.runner: TileRunner = self.new_runner()
+        # Jobs run in threads (``sr_tile.batch``) share the model: one computes at a time.
+        self._compute = threading.Lock()
+
+    def new_runner(self) -> TileRunner:
+        """A runner of this model with its own books: one per job that runs at once."""
+        o = self.options
+        return make_runner(self.model, device=self.device, alpha=o.alpha, routing=o.routing,
+                           static=o.static)
 
     @property
     def routed(self) -> bool:
@@ -173,21 +183,39 @@ class Upscaler:
         return self.tiling.count(height, width)
 
     def upscale_array(
-        self, pixels: np.ndarray, on_tiles: Callable[[int], None] | None = None
+        self, pixels: np.ndarray, on_tiles: Callable[[int], None] | None = None, *,
+        runner: TileRunner | None = None, cancel: threading.Event | None = None,
     ) -> Iterator[np.ndarray]:
-        """Yield output bands of ``pixels`` (H, W, C) upscaled; constant alpha skips work."""
-        s = self.runner.scale
-        self.runner.reset()
-        self.runner.prepare(pixels, self.tiling)
+        """Yield output bands of ``pixels`` (H, W, C) upscaled; constant alpha skips work.
+
+        ``runner``: whose books to keep (default ``self.runner``). Bands are computed one at a
+        time under the model's lock, so jobs in threads interleave their bands; ``cancel``
+        set stops before the next band (:class:`Cancelled`)."""
+        runner = runner or self.runner
+        with self._compute:
+            runner.reset()
+            runner.prepare(pixels, self.tiling)
+        s = runner.scale
         if pixels.shape[2] in (2, 4):
             alpha = pixels[..., -1]
             first = alpha.flat[0]
             if (alpha == first).all():
                 bands = tiled_upscale(
-                    pixels[..., :-1], self.runner, scale=s, config=self.tiling, on_tiles=on_tiles
-                )
-                return _with_constant_alpha(bands, first)
-        return tiled_upscale(pixels, self.runner, scale=s, config=self.tiling, on_tiles=on_tiles)
+                    pixels[..., :-1], runner, scale=s, config=self.tiling, on_tiles=on_tiles)
+                return _with_constant_alpha(self._one_at_a_time(bands, cancel), first)
+        return self._one_at_a_time(
+            tiled_upscale(pixels, runner, scale=s, config=self.tiling, on_tiles=on_tiles), cancel)
+
+    def _one_at_a_time(self, bands: Iterator[np.ndarray],
+                       cancel: threading.Event | None) -> Iterator[np.ndarray]:
+        while True:
+            with self._compute:
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled
+                band = next(bands, None)
+            if band is None:
+                return
+            yield band
 
     def upscale_whole(self, pixels: np.ndarray) -> np.ndarray:
         """``pixels`` upscaled as one array (``upscale_array``'s bands joined)."""
@@ -203,14 +231,18 @@ class Upscaler:
         on_tiles: Callable[[int], None] | None = None,
         on_warning: Callable[[str], None] | None = None,
         exit_map: str | Path | None = None,
+        runner: TileRunner | None = None,
+        cancel: threading.Event | None = None,
     ) -> ImageReport:
         """Read ``src``, upscale, write ``dst`` atomically; raise SrTileError on bad input.
 
         ``on_start(total_tiles)`` is called once the image is decoded; ``on_warning`` gets
         each warning line (what the decoder reported, frames dropped, lossy conversions;
         without it they are Python warnings). ``exit_map``: for routed models, also write
-        a picture of the path taken by every tile.
+        a picture of the path taken by every tile. ``runner`` and ``cancel``: see
+        :meth:`upscale_array` (jobs in threads, ``sr_tile.batch``).
         """
+        runner = runner or self.runner
         opts = self.options
         src, dst = Path(src), Path(dst)
         start = time.perf_counter()
@@ -225,11 +257,11 @@ class Upscaler:
             (on_warning or _python_warning)(line)
         fmt = output_format_for(dst, opts.fmt, image.meta.format)
         h, w = image.height, image.width
-        s = self.runner.scale
+        s = runner.scale
         out_h, out_w = output_length(h, s), output_length(w, s)
         if on_start is not None:
             on_start(self.tile_count(w, h))
-        bands = self.upscale_array(image.pixels, on_tiles)
+        bands = self.upscale_array(image.pixels, on_tiles, runner=runner, cancel=cancel)
         write_image(
             dst,
             bands,
@@ -243,11 +275,11 @@ class Upscaler:
             overwrite=opts.overwrite,
             on_warning=on_warning,
         )
-        extras = self.runner.extras()
+        extras = runner.extras()
         if exit_map is not None:
             from sr_tile.exitmap import write_exit_map
 
-            write_exit_map(exit_map, image.pixels, self.tiling, *self.runner.route_map(),
+            write_exit_map(exit_map, image.pixels, self.tiling, *runner.route_map(),
                            overwrite=opts.overwrite)
         return ImageReport(
             input=str(src),
@@ -259,12 +291,12 @@ class Upscaler:
             scale=s,
             model=self.descriptor.name,
             tiles=self.tile_count(w, h),
-            latency_s=self.runner.seconds,
+            latency_s=runner.seconds,
             total_s=time.perf_counter() - start,
-            flops=self.runner.flops,
-            flops_static=self.runner.flops_static,
+            flops=runner.flops,
+            flops_static=runner.flops_static,
             flops_note=self.descriptor.flops_note or None,
-            routing=self.runner.describe(extras),
+            routing=runner.describe(extras),
             extras=extras,
             exit_map=str(exit_map) if exit_map is not None else None,
         )

@@ -9,7 +9,7 @@ or interrupted (Ctrl-C, SIGTERM, SIGHUP), with what finished.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.markup import escape
@@ -28,11 +28,11 @@ from sr_tile.cli._common import (
     progress_for,
     warning_line,
 )
-from sr_tile.errors import SrTileError, UsageError
+from sr_tile.errors import SrTileError
 from sr_tile.io import DEFAULT_MAX_PIXELS, WriteOptions
 from sr_tile.io.atomic import write_json_atomic
 from sr_tile.models import DEFAULT_MODEL
-from sr_tile.paths import Job, RunPlan, plan_run
+from sr_tile.paths import RunPlan, plan_run
 from sr_tile.routing import RoutingOptions
 
 if TYPE_CHECKING:  # torch comes with these: imported when the command runs, not for --help
@@ -68,41 +68,12 @@ def report_table(reports: list[ImageReport]) -> Table:
     return table
 
 
-def _run_job(upscaler: Upscaler, job: Job, index: int, bar: Any) -> ImageReport:
-    """One job, whatever happens to it: its report, with its one-line error if it failed."""
-    from sr_tile.upscale import ImageReport
+def _job_failed(message: str, exc: BaseException | None) -> None:
+    if State.debug and exc is not None:
+        from rich.traceback import Traceback
 
-    if job.skip:
-        return ImageReport(str(job.src), str(job.dst), status="skipped")
-    message = job.refused
-    if message is None:
-        try:
-            for target in (job.dst, job.exit_map):
-                if target is not None:
-                    target.parent.mkdir(parents=True, exist_ok=True)
-            return upscaler.upscale_file(
-                job.src, job.dst, on_start=bar.start_file(index, job.src.name),
-                on_tiles=bar.advance, on_warning=warning_line, exit_map=job.exit_map)
-        except UsageError:
-            raise  # a bad option is every job's problem: the run stops
-        except Exception as exc:  # noqa: BLE001 - whatever it is, this file fails alone
-            if State.debug:
-                err.print_exception()
-            message = _job_error(job, exc)
+        err.print(Traceback.from_exception(type(exc), exc, exc.__traceback__))
     error_line(message)
-    return ImageReport(str(job.src), None, status="failed", error=message)
-
-
-def _job_error(job: Job, exc: Exception) -> str:
-    """One line for a job's failure, naming its file."""
-    if isinstance(exc, SrTileError):
-        return str(exc)
-    if isinstance(exc, OSError):  # a folder that cannot be made, a disk error
-        return f"{exc.filename or job.dst}: {exc.strerror or exc}"
-    if isinstance(exc, MemoryError):
-        return (f"{job.src}: not enough memory to upscale this image "
-                "(a smaller --batch-size or --tile may help)")
-    return f"{job.src}: internal error: {type(exc).__name__}: {exc} (rerun with --debug)"
 
 
 def _finish(plan: RunPlan, reports: list[ImageReport], upscaler: Upscaler | None,
@@ -112,7 +83,8 @@ def _finish(plan: RunPlan, reports: list[ImageReport], upscaler: Upscaler | None
     from sr_tile.upscale import ImageReport
 
     counts = {k: sum(r.status == k for r in reports) for k in ("ok", "failed", "skipped")}
-    counts["not_run"] = len(plan.jobs) - len(reports)
+    counts["not_run"] = len(plan.jobs) - len(reports) + sum(r.status == "not run"
+                                                            for r in reports)
     try:
         if reports:
             out.print(report_table(reports))
@@ -218,8 +190,12 @@ def upscale(
         typer.Option(help="Routed models: write the path of every tile as a PNG "
                      "(a folder when there are several inputs)."),
     ] = None,
+    pipeline: Annotated[int, typer.Option(
+        min=1, help="Images in flight: the next one decodes and the last one encodes while "
+                    "one computes (1: one image at a time).")] = 2,
 ) -> None:
     """Upscale images tile by tile; print latency and FLOPs per image."""
+    from sr_tile.batch import run_jobs
     from sr_tile.upscale import UpscaleOptions, Upscaler
 
     scale = int(scale) if float(scale).is_integer() else scale  # x4 stays "4" in names, JSON
@@ -251,8 +227,10 @@ def upscale(
     try:
         upscaler = Upscaler(options)
         with progress_for(len(plan.jobs)) as bar:
-            for index, job in enumerate(plan.jobs, 1):
-                reports.append(_run_job(upscaler, job, index, bar))
+            reports.extend(run_jobs(
+                upscaler, plan.jobs, in_flight=pipeline,
+                on_start=lambda index, job, total: bar.start_file(index, job.src.name)(total),
+                on_tiles=bar.advance, on_warning=warning_line, on_error=_job_failed))
     except BaseException as exc:
         stop = exc
         raise

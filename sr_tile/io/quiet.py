@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator
 
@@ -23,6 +24,9 @@ _UNINFORMATIVE = (
     "is deprecated",
 )
 _LOGGERS = ("tifffile",)
+# What is collected is process-wide (warning filters, logger handlers, fd 2): readers in
+# threads (pipelined jobs) collect one at a time, each its own messages.
+_ONE_AT_A_TIME = threading.RLock()
 
 
 class _Collect(logging.Handler):
@@ -39,6 +43,13 @@ class _Collect(logging.Handler):
 def library_messages(*, c_stderr: bool = False) -> Iterator[list[str]]:
     """Collect Python warnings and library log records (and with ``c_stderr``, what C
     code writes to fd 2) raised in the block, instead of printing them."""
+    with _ONE_AT_A_TIME:
+        with _collect(c_stderr) as notes:
+            yield notes
+
+
+@contextlib.contextmanager
+def _collect(c_stderr: bool) -> Iterator[list[str]]:
     notes: list[str] = []
     handler = _Collect(notes)
     loggers = [logging.getLogger(name) for name in _LOGGERS]
