@@ -261,7 +261,9 @@ def test_a_stop_signal_mid_write_leaves_no_temp_file(tmp_path, sig):
     proc = _start(["upscale", tmp_path / "in", "-d", out, "-m", "bicubic", "-s", "4",
                    "--json", tmp_path / "r.json"])
     deadline = time.monotonic() + 120
-    while not any(".b_big.png" in p.name for p in temps(tmp_path)):
+    # images are pipelined: wait until the small one is written and the big one is writing
+    while not (any(".b_big.png" in p.name for p in temps(tmp_path))
+               and (out / "a_small.png").exists()):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.02)
     proc.send_signal(sig)
