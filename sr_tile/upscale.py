@@ -150,7 +150,7 @@ class Upscaler:
             options.model, scale=options.scale, weights=options.weights or True
         ).to(self.device)
         self.descriptor = d = self.model.descriptor
-        routed = not options.static and d.routing != Routing.NONE
+        routed = self.routed
         default_tile = d.default_tile if routed else (d.static_tile or d.default_tile)
         self.tiling = TileConfig.resolve(
             tile=options.tile,
