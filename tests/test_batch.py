@@ -84,3 +84,22 @@ def test_interrupted_batch_stops_its_jobs_and_leaves_no_partial_file(tmp_path, f
     assert all(name.endswith(".png") and not name.startswith(".") for name in written)
     ok = {plan.jobs[i].dst.name for i, r in enumerate(reports) if r.status == "ok"}
     assert ok <= written and len(written) <= 3  # 2.png's job was stopped mid-way or done
+
+
+def test_cli_pipeline_option(tmp_path, folder):
+    """``--pipeline 2`` from the command line: every good file written, the bad one failing
+    alone, the JSON report in job order."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from sr_tile.cli import app
+
+    result = CliRunner().invoke(app, ["upscale", str(folder), "-d", str(tmp_path / "o"),
+                                      "--pipeline", "2", "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 1, result.output  # the broken file
+    images = json.loads((tmp_path / "r.json").read_text())["images"]
+    assert [im["input"].rsplit("/", 1)[1] for im in images] == [
+        "0.png", "1.png", "2.png", "2b.png", "3.png", "9.png"]
+    assert [im["status"] for im in images] == ["ok", "ok", "ok", "failed", "ok", "ok"]
+    assert len(list((tmp_path / "o").iterdir())) == 5

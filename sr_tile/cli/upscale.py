@@ -190,12 +190,13 @@ def upscale(
         typer.Option(help="Routed models: write the path of every tile as a PNG "
                      "(a folder when there are several inputs)."),
     ] = None,
-    pipeline: Annotated[int, typer.Option(
+    pipeline: Annotated[Optional[int], typer.Option(
         min=1, help="Images in flight: the next one decodes and the last one encodes while "
-                    "one computes (1: one image at a time).")] = 2,
+                    "one computes (default: 2 on a GPU, 1 on the CPU, where encoding already "
+                    "runs beside the compute).")] = None,
 ) -> None:
     """Upscale images tile by tile; print latency and FLOPs per image."""
-    from sr_tile.batch import run_jobs
+    from sr_tile.batch import default_in_flight, run_jobs
     from sr_tile.upscale import UpscaleOptions, Upscaler
 
     scale = int(scale) if float(scale).is_integer() else scale  # x4 stays "4" in names, JSON
@@ -228,7 +229,7 @@ def upscale(
         upscaler = Upscaler(options)
         with progress_for(len(plan.jobs)) as bar:
             reports.extend(run_jobs(
-                upscaler, plan.jobs, in_flight=pipeline,
+                upscaler, plan.jobs, in_flight=pipeline or default_in_flight(upscaler),
                 on_start=lambda index, job, total: bar.start_file(index, job.src.name)(total),
                 on_tiles=bar.advance, on_warning=warning_line, on_error=_job_failed))
     except BaseException as exc:
