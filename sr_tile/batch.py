@@ -33,8 +33,9 @@ ErrorFn = Callable[[str, BaseException | None], None]
 def default_in_flight(upscaler: Upscaler) -> int:
     """Images in flight by default: 2 when the model runs on a GPU, 1 on the CPU.
 
-    On the CPU the encoder's threads already run beside the compute (the PNG and TIFF pools
-    take each band as it comes), and a second image only competes for the same cores:
+    On the CPU the PNG encoder's threads already run beside the compute (blocks are
+    compressed as bands come) and TIFF tiles compress on every core, so a second image only
+    competes for the same cores:
     measured on this project's 2-core machine, the 6 val photos x4 to PNG took 105 s one at
     a time and 119 s with 2 in flight (``benchmarks/pipeline.py``)."""
     return 2 if upscaler.device.type == "cuda" else 1
