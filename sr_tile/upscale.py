@@ -150,8 +150,7 @@ class Upscaler:
             options.model, scale=options.scale, weights=options.weights or True
         ).to(self.device)
         self.descriptor = d = self.model.descriptor
-        routed = self.routed
-        default_tile = d.default_tile if routed else (d.static_tile or d.default_tile)
+        default_tile = d.default_tile if self.routed else (d.static_tile or d.default_tile)
         self.tiling = TileConfig.resolve(
             tile=options.tile,
             overlap=options.overlap,
@@ -162,7 +161,7 @@ class Upscaler:
             batch_size=options.batch_size or auto_batch_size(options.tile or default_tile),
             # the model's own tile shrinks to fit the image; a --tile given, or a router's
             # decision grid, is kept exactly
-            fit=options.tile is None and not routed,
+            fit=options.tile is None and not self.routed,
         )
         self.runner: TileRunner = self.new_runner()
         # Jobs run in threads (``sr_tile.batch``) share the model: one computes at a time.
@@ -195,16 +194,12 @@ class Upscaler:
         with self._compute:
             runner.reset()
             runner.prepare(pixels, self.tiling)
-        s = runner.scale
-        if pixels.shape[2] in (2, 4):
-            alpha = pixels[..., -1]
-            first = alpha.flat[0]
-            if (alpha == first).all():
-                bands = tiled_upscale(
-                    pixels[..., :-1], runner, scale=s, config=self.tiling, on_tiles=on_tiles)
-                return _with_constant_alpha(self._one_at_a_time(bands, cancel), first)
-        return self._one_at_a_time(
-            tiled_upscale(pixels, runner, scale=s, config=self.tiling, on_tiles=on_tiles), cancel)
+        alpha = pixels[..., -1] if pixels.shape[2] in (2, 4) else None
+        constant = alpha is not None and bool((alpha == alpha.flat[0]).all())
+        bands = self._one_at_a_time(tiled_upscale(
+            pixels[..., :-1] if constant else pixels, runner, scale=runner.scale,
+            config=self.tiling, on_tiles=on_tiles), cancel)
+        return _with_constant_alpha(bands, alpha.flat[0]) if constant else bands
 
     def _one_at_a_time(self, bands: Iterator[np.ndarray],
                        cancel: threading.Event | None) -> Iterator[np.ndarray]:

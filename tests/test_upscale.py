@@ -148,38 +148,40 @@ def test_flops_are_counted_before_the_timed_batches(monkeypatch, astronaut, rout
     assert up.runner.flops_static == tiles * up.model.backbone.path_flops(32, 32)[-1]
 
 
+def _fresh_process(code: str) -> str:
+    """Run ``code`` in a new Python process (nothing imported yet); its stderr."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stderr
+
+
 def test_lean_start_up_imports_no_torch():
     """`sr-tile --help`, `sr-tile models` and `sr-tile upscale --help` parse and print
     without importing torch, training or bench code."""
-    import subprocess
-
     code = ("import sys\nfrom sr_tile.cli import run\n"
             "for args in (['--help'], ['models'], ['upscale', '--help']):\n"
             "    assert run(args) == 0, args\n"
             "heavy = [m for m in sys.modules if m == 'torch' or m.startswith(('sr_tile.train', "
             "'sr_tile.bench.', 'sr_tile.upscale'))]\n"
             "print('HEAVY', heavy, file=sys.stderr)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert "HEAVY []" in proc.stderr, proc.stderr[-500:]
+    said = _fresh_process(code)
+    assert "HEAVY []" in said, said[-500:]
 
 
 def test_first_image_of_a_process_pays_no_flops_counter_imports(tmp_path, astronaut):
     """The default model's routed run counts its FLOPs without torch's dynamo machinery
     (~2 s of imports on a process's first meta-device or FlopCounterMode count)."""
-    import subprocess
-
     Image.fromarray(astronaut[:64, :80]).save(tmp_path / "in.png")
     code = ("import sys\nfrom sr_tile import Upscaler\n"
             f"r = Upscaler().upscale_file({str(tmp_path / 'in.png')!r}, "
             f"{str(tmp_path / 'out.png')!r})\n"
             "print('FLOPS', r.flops > 0, r.flops_static > 0, "
             "[m for m in sys.modules if m.startswith('torch._dynamo')][:3], file=sys.stderr)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert "FLOPS True True []" in proc.stderr, proc.stderr[-500:]
+    said = _fresh_process(code)
+    assert "FLOPS True True []" in said, said[-500:]
 
 
 def test_static_runs_take_the_models_large_tiles_fitted_to_the_image():
