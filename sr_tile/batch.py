@@ -53,13 +53,13 @@ def run_job(upscaler: Upscaler, job: Job, index: int = 1, *, on_start: StartFn |
     message, exc = job.refused, None
     if message is None:
         try:
-            for target in (job.dst, job.exit_map):
+            for target in (job.dst, job.route_map):
                 if target is not None:
                     target.parent.mkdir(parents=True, exist_ok=True)
             return upscaler.upscale_file(
                 job.src, job.dst,
                 on_start=None if on_start is None else lambda n: on_start(index, job, n),
-                on_tiles=on_tiles, on_warning=on_warning, exit_map=job.exit_map,
+                on_tiles=on_tiles, on_warning=on_warning, route_map=job.route_map,
                 runner=upscaler.new_runner() if own_runner else None, cancel=cancel)
         except UsageError:
             raise  # a bad option is every job's problem: the run stops

@@ -1,8 +1,8 @@
 """Which files a run reads, and every path it will write: decided once, before any work.
 
 :func:`plan_run` expands the inputs (files, folders, quoted globs), maps each to
-its output and, for routed models, its exit map, and checks every path the run
-will write (outputs, exit maps, the ``--json`` report) against one set of rules:
+its output and, for routed models, its route map, and checks every path the run
+will write (outputs, route maps, the ``--json`` report) against one set of rules:
 
 - a path that is an input of this run is never written, whatever the flags;
 - only regular files are ever replaced (never a device, FIFO, socket or folder);
@@ -41,7 +41,7 @@ class Job:
 
     src: Path
     dst: Path
-    exit_map: Path | None = None
+    route_map: Path | None = None
     refused: str | None = None  # why it will not run (decided before any work), one line
     skip: bool = False  # --skip-existing and the output exists
 
@@ -72,7 +72,7 @@ def plan_run(
     recursive: bool = False,
     follow_links: bool = False,
     report: str | os.PathLike[str] | None = None,
-    exit_map: str | os.PathLike[str] | None = None,
+    route_map: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     skip_existing: bool = False,
 ) -> RunPlan:
@@ -91,9 +91,9 @@ def plan_run(
         raise ConfigError("no input images found (looked for " + ", ".join(items) + ")")
     if output and len(inputs) > 1:
         raise UsageError(f"-o names one file but there are {len(inputs)} inputs; use --output-dir")
-    if exit_map is not None and len(inputs) == 1 and Path(exit_map).suffix:
-        if Path(exit_map).suffix.lower() != ".png":
-            raise UsageError(f"--exit-map {exit_map}: exit maps are PNG files; name it .png")
+    if route_map is not None and len(inputs) == 1 and Path(route_map).suffix:
+        if Path(route_map).suffix.lower() != ".png":
+            raise UsageError(f"--route-map {route_map}: route maps are PNG files; name it .png")
     jobs = []
     for item in inputs:
         ext = suffix or _kept_suffix(item.path)
@@ -105,7 +105,7 @@ def plan_run(
             dst = Path(output_dir) / rel.with_suffix(ext)
         else:
             dst = item.path.with_name(f"{item.path.stem}_x{scale:g}{ext}")
-        jobs.append(Job(item.path, dst, _exit_map_for(exit_map, item.path, len(inputs))))
+        jobs.append(Job(item.path, dst, _route_map_for(route_map, item.path, len(inputs))))
     report_path = Path(report) if report is not None else None
     jobs = _check_writes(jobs, inputs, report_path, overwrite=overwrite,
                          skip_existing=skip_existing)
@@ -117,12 +117,12 @@ def _kept_suffix(src: Path) -> str:
     return src.suffix if src.suffix.lower().lstrip(".") in FORMAT_FOR_SUFFIX else ".png"
 
 
-def _exit_map_for(option: str | os.PathLike[str] | None, src: Path, n_inputs: int) -> Path | None:
+def _route_map_for(option: str | os.PathLike[str] | None, src: Path, n_inputs: int) -> Path | None:
     """One input: the file named; several (or a name without suffix): a folder of maps."""
     if option is None:
         return None
     option = Path(option)
-    return option if n_inputs == 1 and option.suffix else option / f"{src.stem}_exits.png"
+    return option if n_inputs == 1 and option.suffix else option / f"{src.stem}_route.png"
 
 
 def _check_output_option(output: str, fmt: str | None) -> None:
@@ -236,7 +236,7 @@ def _check_writes(jobs: list[Job], inputs: list[_Input], report: Path | None, *,
     input_ids = {key for key in (_identity(i.path) for i in inputs) if key is not None}
     writers: dict[str, list[int]] = {}  # real path -> jobs writing it
     for index, job in enumerate(jobs):
-        for target in (job.dst, job.exit_map):
+        for target in (job.dst, job.route_map):
             if target is not None:
                 writers.setdefault(os.path.realpath(target), []).append(index)
     if report is not None:
@@ -249,7 +249,7 @@ def _check_writes(jobs: list[Job], inputs: list[_Input], report: Path | None, *,
     planned = []
     for index, job in enumerate(jobs):
         reason = None
-        for target in (job.dst, job.exit_map):
+        for target in (job.dst, job.route_map):
             if target is None or reason is not None:
                 continue
             others = [jobs[i].src for i in writers[os.path.realpath(target)] if i != index]

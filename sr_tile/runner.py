@@ -19,6 +19,7 @@ import torch
 from sr_tile.flops import flops_cached
 from sr_tile.imresize import bicubic_grid, imresize
 from sr_tile.models.descriptor import Routing
+from sr_tile.routemap import RouteMap
 from sr_tile.routing import RoutingOptions
 from sr_tile.tiler import TileConfig, TileWindow
 
@@ -69,9 +70,9 @@ class TileRunner:
         """``extras`` in a few characters, for the console table's routing column."""
         return ""
 
-    def route_map(self) -> tuple[list[int], tuple[str, ...]]:
-        """What each tile of the last image took (row-major) and the names of the choices,
-        for ``--exit-map``; only routed runners have one."""
+    def route_map(self) -> RouteMap:
+        """Where the last image's work went, per LR pixel, for ``--route-map``; only routed
+        runners have one."""
         raise TypeError(f"{self.model.descriptor.name} runs every tile the same way")
 
     def run_rgb(self, x: torch.Tensor, windows: list[TileWindow], *,

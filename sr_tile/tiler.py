@@ -254,7 +254,7 @@ def tile_batches(
     """Batches of ``batch_size`` tiles in row-major order, running on across tile rows:
     (each tile's window, float batch).
 
-    Every consumer (the tiler, a router's pre-pass, an exit map) numbers tiles in this
+    Every consumer (the tiler, a router's pre-pass, a route map) numbers tiles in this
     one order.
     """
     py, px = config.plans(image.shape[0], image.shape[1], scale)

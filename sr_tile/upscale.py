@@ -96,7 +96,7 @@ class ImageReport:
     flops_static: int | None = None
     flops_convention: str = FLOPS_CONVENTION
     flops_note: str | None = None
-    exit_map: str | None = None
+    route_map: str | None = None
     routing: str = ""  # the runner's extras in a few characters (console table)
     extras: dict[str, Any] = field(default_factory=dict)  # the family's own fields (runner)
 
@@ -175,7 +175,7 @@ class Upscaler:
 
     @property
     def routed(self) -> bool:
-        """Whether tiles take different paths (so an exit map means something)."""
+        """Whether tiles take different paths (so a route map means something)."""
         return not self.options.static and self.descriptor.routing != Routing.NONE
 
     def tile_count(self, width: int, height: int) -> int:
@@ -225,7 +225,7 @@ class Upscaler:
         on_start: Callable[[int], None] | None = None,
         on_tiles: Callable[[int], None] | None = None,
         on_warning: Callable[[str], None] | None = None,
-        exit_map: str | Path | None = None,
+        route_map: str | Path | None = None,
         runner: TileRunner | None = None,
         cancel: threading.Event | None = None,
     ) -> ImageReport:
@@ -233,18 +233,18 @@ class Upscaler:
 
         ``on_start(total_tiles)`` is called once the image is decoded; ``on_warning`` gets
         each warning line (what the decoder reported, frames dropped, lossy conversions;
-        without it they are Python warnings). ``exit_map``: for routed models, also write
-        a picture of the path taken by every tile. ``runner`` and ``cancel``: see
+        without it they are Python warnings). ``route_map``: for routed models, also write
+        a picture of where the work went (``sr_tile.routemap``). ``runner`` and ``cancel``: see
         :meth:`upscale_array` (jobs in threads, ``sr_tile.batch``).
         """
         runner = runner or self.runner
         opts = self.options
         src, dst = Path(src), Path(dst)
         start = time.perf_counter()
-        if exit_map is not None and not self.routed:
-            raise UsageError(f"--exit-map: {self.descriptor.name} runs every tile the same "
-                             "way; exit maps are for routed models")
-        for target in (dst, exit_map):
+        if route_map is not None and not self.routed:
+            raise UsageError(f"--route-map: {self.descriptor.name} runs every tile the same "
+                             "way; route maps are for routed models")
+        for target in (dst, route_map):
             if target is not None:
                 check_not_input(src, Path(target))
         image = read_image(src, max_pixels=opts.max_pixels)
@@ -271,11 +271,10 @@ class Upscaler:
             on_warning=on_warning,
         )
         extras = runner.extras()
-        if exit_map is not None:
-            from sr_tile.exitmap import write_exit_map
+        if route_map is not None:
+            from sr_tile.routemap import write_route_map
 
-            write_exit_map(exit_map, image.pixels, self.tiling, *runner.route_map(),
-                           overwrite=opts.overwrite)
+            write_route_map(route_map, image.pixels, runner.route_map(), overwrite=opts.overwrite)
         return ImageReport(
             input=str(src),
             output=str(dst),
@@ -293,7 +292,7 @@ class Upscaler:
             flops_note=self.descriptor.flops_note or None,
             routing=runner.describe(extras),
             extras=extras,
-            exit_map=str(exit_map) if exit_map is not None else None,
+            route_map=str(route_map) if route_map is not None else None,
         )
 
 

@@ -73,16 +73,19 @@ def test_forward_shape_flops_and_tiled_equals_whole(name, scale, picture):
     with torch.inference_mode():
         tiled = np.concatenate(list(tiled_upscale(picture, runner, scale=scale, config=config)))
     assert tiled.shape == (out_h, out_w, 3) and tiled.dtype == np.uint8
-    assert runner.flops_static > 0 and 0 < runner.flops <= runner.flops_static * 1.2
+    # a router costs extra (AdaFormer-light untrained, halting nothing: +22 % of estimator)
+    assert runner.flops_static > 0 and 0 < runner.flops <= runner.flops_static * 1.5
     assert runner.seconds > 0
     if float(scale).is_integer():
-        x = torch.from_numpy(picture).permute(2, 0, 1)[None].float() / 255
+        m = d.size_multiple  # the network itself takes sides that are multiples of it
+        x = torch.from_numpy(picture[: h // m * m, : w // m * m]).permute(2, 0, 1)[None] / 255.
         with torch.inference_mode():
             y = model(x)
-        assert tuple(y.shape) == (1, 3, out_h, out_w)
+        assert tuple(y.shape) == (1, 3, *(output_length(n, scale) for n in x.shape[-2:]))
         if d.exact_tiling:
             whole = y[0].clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
-            assert np.abs(tiled.astype(int) - whole.astype(int)).max() <= 1
+            assert np.abs(tiled[: whole.shape[0], : whole.shape[1]].astype(int)
+                          - whole.astype(int)).max() <= 1
 
 
 @pytest.mark.parametrize("name, scale", CASES, ids=IDS)

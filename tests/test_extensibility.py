@@ -76,12 +76,13 @@ def test_families_from_outside_work_through_bench(tiny, tmp_path, astronaut, mon
     assert result.exit_code == 0, result.output
     rows = {row["label"]: row
             for row in json.loads((tmp_path / "b.json").read_text())["models"]}
-    assert set(rows) == {"bicubic", "tiny-static", "tiny-routed static",
-                         "tiny-routed static best", "tiny-routed M"}
+    # no static_tile of its own: no "static best" row, its routed row reads against "static"
+    assert set(rows) == {"bicubic", "tiny-static", "tiny-routed static", "tiny-routed M"}
     for row in rows.values():
         assert np.isfinite(row["mean"]["psnr_y"]) and row["mean"]["flops"] > 0
     routed = rows["tiny-routed M"]  # its runner's field, averaged by bench without knowing it
     assert 0 <= routed["mean"]["skipped"] <= 1
+    assert routed["mean"]["flops_vs_best"] == pytest.approx(routed["mean"]["flops_pct"] / 100)
     assert all("skipped" in im for im in routed["images"])
     assert "skip " in result.stdout
 

@@ -459,10 +459,10 @@ def test_report_written_when_a_global_error_stops_the_run(tmp_path):
 def test_planner_decides_every_path_before_any_work(tmp_path):
     src = save(tmp_path / "a.png")
     plan = plan_run([str(src)], scale=2, output_dir=str(tmp_path / "o"),
-                    report=tmp_path / "r.json", exit_map=tmp_path / "maps")
+                    report=tmp_path / "r.json", route_map=tmp_path / "maps")
     (job,) = plan.jobs
     assert job.dst == tmp_path / "o" / "a.png" and job.refused is None
-    assert job.exit_map == tmp_path / "maps" / "a_exits.png"
+    assert job.route_map == tmp_path / "maps" / "a_route.png"
     assert listing(tmp_path) == {"a.png"}  # planning writes nothing
 
 

@@ -113,7 +113,7 @@ def _upscale(src, weights, tmp_path, **routing):
     up = Upscaler(UpscaleOptions(model="enaf-fsrcnn", weights=str(weights),
                                  routing=RoutingOptions(**routing)))
     report = up.upscale_file(src, tmp_path / f"out{len(list(tmp_path.iterdir()))}.png",
-                             exit_map=tmp_path / "map.png")
+                             route_map=tmp_path / "map.png")
     return up, report
 
 

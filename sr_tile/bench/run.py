@@ -175,7 +175,8 @@ class RowResult:
 def mean_extras(images: list[ImageResult]) -> dict[str, Any]:
     """A family's per-image fields over a row, without knowing the family: a number is
     averaged per image; a mapping of numbers (shares of tiles, say) is weighted by each
-    image's tile count; anything else is kept when all images agree."""
+    image's tile count; a list of numbers (a value per layer) is averaged per image, entry by
+    entry; anything else is kept when all images agree."""
     out: dict[str, Any] = {}
     for key in dict.fromkeys(k for im in images for k in im.extras):
         values = [(im.extras[key], im.tiles or 1) for im in images
@@ -188,6 +189,9 @@ def mean_extras(images: list[ImageResult]) -> dict[str, Any]:
             tiles = sum(n for _, n in values)
             names = dict.fromkeys(k for v, _ in values for k in v)
             out[key] = {k: sum(v.get(k, 0.0) * n for v, n in values) / tiles for k in names}
+        elif all(isinstance(v, list) and len(v) == len(values[0][0])
+                 and all(isinstance(x, (int, float)) for x in v) for v, _ in values):
+            out[key] = [statistics.fmean(col) for col in zip(*(v for v, _ in values))]
         elif all(v == values[0][0] for v, _ in values):
             out[key] = values[0][0]
     return out
@@ -296,6 +300,20 @@ def _drop_duplicate_sweeps(specs: list[RowSpec], upscalers: list[Upscaler]) -> N
             del specs[i], upscalers[i]
 
 
+def _drop_best_without_own_tiles(specs: list[RowSpec], upscalers: list[Upscaler]) -> None:
+    """A routed model with no static tiling of its own (``static_tile`` None: AdaFormer,
+    whose dense run is its routing tiles without halting) has no "static best" row apart
+    from its static row: drop it, and read its routed rows against the static row."""
+    for i in reversed(range(len(specs))):
+        spec = specs[i]
+        if spec.kind == "best" and upscalers[i].descriptor.static_tile is None:
+            static = next(s.label for s in specs if s.model == spec.model and s.kind == "static")
+            del specs[i], upscalers[i]
+            for k, other in enumerate(specs):
+                if other.best == spec.label:
+                    specs[k] = replace(other, best=static)
+
+
 def _warm_up(up: Upscaler, lr: np.ndarray) -> None:
     """One untimed run on a crop of ``lr`` big enough for a full and a partial tile batch."""
     t = up.tiling.tile
@@ -392,6 +410,7 @@ def _run(
 ) -> BenchResult:
     upscalers = [_upscaler(spec, options) for spec in specs]
     _drop_duplicate_sweeps(specs, upscalers)
+    _drop_best_without_own_tiles(specs, upscalers)
     rows = [
         RowResult(spec, weights=options.weights.get(spec.model), tile=up.tiling.tile,
                   overlap=up.tiling.overlap, flops_note=up.descriptor.flops_note or None,

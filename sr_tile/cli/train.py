@@ -22,7 +22,8 @@ from sr_tile.models.registry import MODELS
 _FAMILY_HELP = "Model family to train: " + ", ".join(sorted(  # from the registry, torch-free
     {entry.family for entry in MODELS.values() if entry.train is not None})) + "."
 _PHASE_HELP = ("Phases to run: all, or one of the family's (ENAF: backbone, exits, estimator, "
-               "and calibrate, its presets on the smallest training images; all ends with it).")
+               "and calibrate, its presets on the smallest training images; all ends with it. "
+               "AdaFormer: train).")
 
 
 def _command_line(family: str, options: list[tuple[str, Any]], sets: list[str]) -> str:
@@ -52,8 +53,8 @@ def _summary(result: Any, task: Any) -> Table:
 def train(
     family: Annotated[str, typer.Argument(help=_FAMILY_HELP)],
     backbone: Annotated[Optional[str], typer.Option(
-        "--backbone", "-b", help="The family's packaged config to use (ENAF: fsrcnn, carn or "
-                                 "srresnet).")] = None,
+        "--backbone", "-b", help="The family's packaged config to use (ENAF: fsrcnn (default), carn "
+                                 "or srresnet; AdaFormer: light (default) or adaformer).")] = None,
     config: Annotated[Optional[Path], typer.Option(
         "--config", "-c", help="YAML config (default: the packaged one of --backbone).")] = None,
     phase: Annotated[str, typer.Option(help=_PHASE_HELP)] = "all",
@@ -78,12 +79,9 @@ def train(
 
     task = get_family(family)
     sets = list(set_ or [])
-    if config is None:
-        if backbone is None:
-            raise ConfigError(f"give --backbone ({', '.join(task.configs)}) or --config FILE")
-        config_path = default_config(family, backbone)
-    else:
-        config_path = config
+    if backbone is not None and config is not None:
+        raise ConfigError("give --backbone or --config, not both")
+    config_path = config or default_config(family, backbone or task.default_variant)
     finish = (task.finish_phase,) if task.finish_phase else ()
     phases = task.phases if phase in ("all", *finish) else (phase,)
     if phase not in ("all", *finish, *task.phases):
@@ -97,8 +95,6 @@ def train(
     if export is not None:
         values["export"] = str(export)
     cfg = load_config(config_path, sets, values=values)
-    if backbone is not None and config is not None and cfg.model != f"{family}-{backbone}":
-        raise ConfigError(f"--backbone {backbone} does not match the config's model {cfg.model}")
     if steps_scale != 1.0:
         cfg = scale_steps(cfg, steps_scale)
 

@@ -185,10 +185,12 @@ def upscale(
         help="Routed models: run the full network on every tile, on the model's large static "
              "tiles unless --tile (best quality, most FLOPs).")
     ] = False,
-    exit_map: Annotated[
+    route_map: Annotated[
         Optional[Path],
-        typer.Option(help="Routed models: write the path of every tile as a PNG "
-                     "(a folder when there are several inputs)."),
+        typer.Option("--route-map", "--exit-map", "--halting-map",
+                     help="Routed models: a PNG of where the work went (ENAF: the path of "
+                          "every tile; AdaFormer: the TSABs each token ran before it halted); "
+                          "a folder when there are several inputs."),
     ] = None,
     pipeline: Annotated[Optional[int], typer.Option(
         min=1, help="Images in flight: the next one decodes and the last one encodes while "
@@ -219,7 +221,7 @@ def upscale(
     )
     plan = plan_run(inputs, scale=scale, output=output, output_dir=output_dir, fmt=fmt,
                     recursive=recursive, follow_links=follow_links, report=json_path,
-                    exit_map=exit_map, overwrite=overwrite, skip_existing=skip_existing)
+                    route_map=route_map, overwrite=overwrite, skip_existing=skip_existing)
     for note in plan.notes:
         warning_line(note)
     reports: list[ImageReport] = []

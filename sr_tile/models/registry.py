@@ -94,6 +94,23 @@ MODELS: dict[str, ModelEntry] = {
     )
 }
 
+_ADAFORMER_TASK = "sr_tile.models.adaformer.training:AdaFormerTask"
+_ADAFORMER = ("AdaFormer{}: conv encoder, 6 attention blocks (8x8 windows + 16 global "
+              "prototypes) that halt tokens and windows once a confidence estimator says they "
+              "are restored, conv decoder")
+MODELS.update({
+    entry.name: entry
+    for entry in (
+        ModelEntry("adaformer", "adaformer", _ADAFORMER.format(" (paper size, C = D = 64)"),
+                   "sr_tile.models.adaformer:build", (2, 3, 4), {}, "tokens",
+                   {"variant": "adaformer"}, train=_ADAFORMER_TASK),
+        ModelEntry("adaformer-light", "adaformer",
+                   _ADAFORMER.format("-light (C = D = 48, 2 + 2 residual blocks)"),
+                   "sr_tile.models.adaformer:build", (2, 3, 4), {}, "tokens",
+                   {"variant": "adaformer-light"}, train=_ADAFORMER_TASK),
+    )
+})
+
 DEFAULT_MODEL = "enaf-fsrcnn"
 
 

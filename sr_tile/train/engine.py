@@ -200,6 +200,7 @@ class TrainTask:
     phases: tuple[str, ...] = ()
     phases_config: type = object  # the family's PhasesConfig subclass (typed phase settings)
     configs: dict[str, str] = {}  # --backbone (or variant) -> packaged config file
+    default_variant = ""  # the key of ``configs`` that a bare ``sr-tile train FAMILY`` uses
     finish_phase: str | None = None  # a step after export (ENAF: calibrate), or None
 
     def finish(self, cfg: Any, weights: Path | None, *, console: Console | None = None) -> Any:

@@ -152,7 +152,7 @@ def export_weights(model: torch.nn.Module, cfg: TrainConfig, path: Path, *,
         extra["init"] = {k: prior[k] for k in ("command", "iterations", "batch_size",
                                                "train_seconds", "hardware", "init") if k in prior}
     if val is not None:
-        extra["val_psnr_y"] = val["psnr_y"]
+        extra["val_psnr_y"] = val["psnr_y"]  # every task: {path or mode: mean PSNR-Y}
         extra["val"] = val
     return save_weights(model, path, name=cfg.model, scale=cfg.scale, extra=extra)
 

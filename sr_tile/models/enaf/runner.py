@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from sr_tile.models.enaf.estimator import BLANK_THRESHOLD, combine_psnr, gray_u8, laplacian_abs
 from sr_tile.models.enaf.model import ESTIMATOR_PART, EnafSR
 from sr_tile.models.enaf.routing import eta_for_budget, fuse, resolve
+from sr_tile.routemap import RouteMap, paint_tiles
 from sr_tile.routing import RoutingOptions
 from sr_tile.runner import FLOPS_CONVENTION, TileRunner
 from sr_tile.tiler import TileConfig, TilePlan, TileWindow, to_float
@@ -52,11 +53,14 @@ class ExitRunner(TileRunner):
         self.paths: list[int] = []
         self._u = torch.empty(0, self.model.num_paths)  # every tile's estimate, row-major
         self._blank = torch.empty(0, dtype=torch.bool)
+        self._tiling: TileConfig | None = None
+        self._size = (0, 0)
 
     def prepare(self, image: np.ndarray, tiling: TileConfig) -> None:
         """Estimate every tile before the first batch runs; with a budget, then pick this
         image's eta. The estimator and the blank test read the whole image once, not tile by
         tile: overlapping tiles would read most pixels ~1.8 times (see ``_estimate``)."""
+        self._tiling, self._size = tiling, image.shape[:2]
         height, width = tiling.tile_shape(image.shape[0], image.shape[1])
         for convention in ("executed", FLOPS_CONVENTION):  # first counts here, untimed
             self.model.costs(height, width, convention)
@@ -189,8 +193,11 @@ class ExitRunner(TileRunner):
         n = max(len(self.paths), 1)
         return {name: self.paths.count(j) / n for j, name in enumerate(self.PATH_NAMES)}
 
-    def route_map(self) -> tuple[list[int], tuple[str, ...]]:
-        return self.paths, self.PATH_NAMES
+    def route_map(self) -> RouteMap:
+        if self._tiling is None:
+            raise RuntimeError("no image has run yet")
+        return RouteMap(paint_tiles(self._tiling, *self._size, self.paths), self.PATH_NAMES,
+                        "the path each tile took")
 
     def extras(self) -> dict[str, Any]:
         return {"eta": self.eta, "gamma": self.gamma, "exits": self.exit_shares()}

@@ -426,6 +426,7 @@ class EnafTask(TrainTask):
     phases_config = EnafPhases
     configs = {"fsrcnn": "enaf_fsrcnn.yaml", "carn": "enaf_carn.yaml",
                "srresnet": "enaf_srresnet.yaml"}  # --backbone -> packaged config
+    default_variant = "fsrcnn"
 
     def init_model(self, model: torch.nn.Module, config: Any) -> None:
         if config.full_head_init == "small":
