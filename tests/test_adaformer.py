@@ -264,3 +264,26 @@ def test_cli_halting_map_and_bad_option(tmp_path, small_png):
     bad = CliRunner().invoke(app, ["upscale", str(small_png), "-m", NAME, "--weights",
                                    str(weights), "-o", str(tmp_path / "p.png"), "--gamma", "1"])
     assert bad.exit_code == 2 and "--preset" in bad.output and "Traceback" not in bad.output
+
+
+def test_presets_are_calibrated_on_training_images_and_read_back(folders, trained, tmp_path):
+    import shutil
+
+    from sr_tile.models.adaformer.calibrate import calibrate
+    from sr_tile.train.calibration import write_presets
+
+    weights = shutil.copy(trained.export_path, tmp_path / "w.safetensors")
+    result = calibrate(NAME, weights, folders["train"], grid=(0.02, 0.5),
+                       thresholds={"L": 0.0, "M": 0.05, "S": 100.0})
+    assert [row["eps"] for row in result["table"]] == [0.02, 0.5]
+    assert all(math.isfinite(row["loss_db"]) and row["flops_pct"] > 0
+               for row in result["table"])
+    chosen = next(r for r in result["table"] if r["eps"] == result["presets"]["S"]["eps"])
+    assert chosen["flops_pct"] == min(r["flops_pct"] for r in result["table"])  # the cheapest
+    result["presets"]["S"] = {"eps": 0.5}
+    write_presets(weights, result)
+    model = create_model(NAME, weights=weights)
+    assert model.presets == {k.upper(): v for k, v in result["presets"].items()}
+    up = Upscaler(UpscaleOptions(scale=4, model=NAME, weights=str(weights),
+                                 routing=RoutingOptions(preset="S")))
+    assert up.runner.eps == 0.5

@@ -24,7 +24,8 @@ def models(
     rows = []
     for entry in MODELS.values():
         scales = entry.describe_scales()
-        weights = ", ".join(entry.weights.values()) or "none needed"
+        weights = ", ".join(entry.weights.values()) or (
+            f"none yet (sr-tile train {entry.family})" if entry.learned else "none needed")
         name = entry.name + (" (default)" if entry.name == DEFAULT_MODEL else "")
         table.add_row(name, scales, entry.routing, weights, entry.summary)
         rows.append(

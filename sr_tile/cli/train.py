@@ -23,7 +23,7 @@ _FAMILY_HELP = "Model family to train: " + ", ".join(sorted(  # from the registr
     {entry.family for entry in MODELS.values() if entry.train is not None})) + "."
 _PHASE_HELP = ("Phases to run: all, or one of the family's (ENAF: backbone, exits, estimator, "
                "and calibrate, its presets on the smallest training images; all ends with it. "
-               "AdaFormer: train).")
+               "AdaFormer: train, then calibrate, its eps_h presets).")
 
 
 def _command_line(family: str, options: list[tuple[str, Any]], sets: list[str]) -> str:

@@ -40,6 +40,7 @@ class ModelEntry:
     kwargs: dict[str, Any] = field(default_factory=dict)
     scale_range: tuple[float, float] | None = None  # (low, high]: any scale in it as well
     train: str | None = None  # "module:Class" of the family's TrainTask, if it trains
+    learned: bool = True  # has weights to load (False: an interpolation like bicubic)
 
     def describe_scales(self) -> str:
         ints = ", ".join(f"x{s}" for s in self.scales)
@@ -82,7 +83,7 @@ MODELS: dict[str, ModelEntry] = {
     for entry in (
         ModelEntry("bicubic", "bicubic", "MATLAB-style bicubic interpolation: the baseline every "
                    "model is read against", "sr_tile.models.bicubic:Bicubic", (2, 3, 4, 8),
-                   scale_range=(1.0, MAX_SCALE)),
+                   scale_range=(1.0, MAX_SCALE), learned=False),
         ModelEntry("enaf-fsrcnn", "enaf", _ENAF.format("FSRCNN"), "sr_tile.models.enaf:build",
                    (2, 3, 4), {2: "enaf-fsrcnn-x2.safetensors", 4: "enaf-fsrcnn-x4.safetensors"},
                    "exits", {"backbone": "fsrcnn"}, train=_ENAF_TASK),

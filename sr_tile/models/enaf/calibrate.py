@@ -12,45 +12,31 @@ full-network pass per image instead of one routed run per setting.
 
 from __future__ import annotations
 
-import json
-import math
 import statistics
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
-from sr_tile.bench.datasets import Dataset, LRCache, image_files, load_pair, scan_folder
+from sr_tile.bench.datasets import LRCache, image_files, load_pair
 from sr_tile.errors import ConfigError
-from sr_tile.io import probe_size
 from sr_tile.metrics import psnr_y
-from sr_tile.models.checkpoint import read_metadata, save_safetensors
 from sr_tile.models.enaf import EnafSR
 from sr_tile.models.enaf.routing import fuse
 from sr_tile.models.enaf.runner import ExitRunner
 from sr_tile.routing import RoutingOptions
 from sr_tile.tiler import TileConfig, TileWindow
+from sr_tile.train.calibration import THRESHOLDS_DB, calibration_set, pick_presets, write_presets
 from sr_tile.upscale import UpscaleOptions, Upscaler
 
-# M is the issue's bar for routing: at most 0.05 dB below the full network.
-THRESHOLDS_DB = {"L": 0.02, "M": 0.05, "S": 0.3}
+__all__ = ["ETA_GRID", "GAMMA_GRID", "SweepRunner", "calibrate", "write_presets"]
+
 # Replaying a setting costs only the stitching, so the grid can be fine: the cost of a preset
 # can jump between neighbouring etas (CARN-M: 86 % -> 59 % of the FLOPs from eta 0.3 to 0.5).
 ETA_GRID = (*(k / 20 for k in range(21)), 1.25, 1.5, 2.0, 3.0, 4.0, 6.0)
 GAMMA_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
-N_IMAGES = 6  # the smallest training images: varied content, cheap to sweep
-
-
-def calibration_set(folder: str | Path, *, scale: int, n: int = N_IMAGES) -> Dataset:
-    """The ``n`` smallest images of a training folder (fixed, reproducible choice)."""
-    data = scan_folder(Path(folder), scale=scale)
-    pixels = {s.hr_path: math.prod(probe_size(s.hr_path)) for s in data.samples}
-    chosen = sorted(data.samples, key=lambda s: (pixels[s.hr_path], s.name))[:n]
-    return replace(data, name=f"{data.name} (calibration)", samples=chosen)
 
 
 class SweepRunner(ExitRunner):
@@ -146,22 +132,6 @@ def calibrate(model: str, weights: str | Path, folder: str | Path, *, scale: int
             "exits": {name: taken.count(j) / len(taken)
                       for j, name in enumerate(ExitRunner.PATH_NAMES)},
         })
-    presets = {}
-    for name, limit in thresholds.items():
-        ok = [r for r in table if r["loss_db"] <= limit]
-        best = min(ok, key=lambda r: r["flops_pct"]) if ok else min(table,
-                                                                    key=lambda r: r["loss_db"])
-        presets[name] = {"eta": best["eta"], "gamma": best["gamma"]}
-    return {"presets": presets, "thresholds_db": thresholds, "table": table,
+    return {"presets": pick_presets(table, ("eta", "gamma"), thresholds), "thresholds_db": thresholds, "table": table,
             "static_psnr_y": static, "images": [s.name for s in data.samples],
             "data": str(folder)}
-
-
-def write_presets(weights: str | Path, calibration: dict[str, Any]) -> None:
-    """Store the presets (and how they were found) in the weights file's metadata."""
-    path = Path(weights)
-    tensors = load_file(str(path))
-    raw = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in read_metadata(path).items()}
-    raw["presets"] = json.dumps(calibration["presets"])
-    raw["calibration"] = json.dumps({k: v for k, v in calibration.items() if k != "presets"})
-    save_safetensors(tensors, path, raw)

@@ -1,0 +1,57 @@
+"""What every routed family's preset calibration shares: which training images it reads, the
+loss thresholds of the presets, and how presets go into a weights file.
+
+A preset (L/M/S) is the cheapest setting of a family's router whose mean PSNR-Y loss against
+the same weights without routing stays within its threshold on the calibration images, never
+on val. The family's ``finish`` step sweeps its own knob (ENAF: eta and gamma; AdaFormer:
+eps_h) and stores the result with :func:`write_presets`, where ``create_model`` reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file
+
+from sr_tile.bench.datasets import Dataset, scan_folder
+from sr_tile.io import probe_size
+from sr_tile.models.checkpoint import read_metadata, save_safetensors
+
+# M is the routing bar: at most 0.05 dB below the same weights without routing.
+THRESHOLDS_DB = {"L": 0.02, "M": 0.05, "S": 0.3}
+N_IMAGES = 6  # the smallest training images: varied content, cheap to sweep
+
+
+def calibration_set(folder: str | Path, *, scale: int, n: int = N_IMAGES) -> Dataset:
+    """The ``n`` smallest images of a training folder (fixed, reproducible choice)."""
+    data = scan_folder(Path(folder), scale=scale)
+    pixels = {s.hr_path: math.prod(probe_size(s.hr_path)) for s in data.samples}
+    chosen = sorted(data.samples, key=lambda s: (pixels[s.hr_path], s.name))[:n]
+    return replace(data, name=f"{data.name} (calibration)", samples=chosen)
+
+
+def pick_presets(table: list[dict[str, Any]], keys: tuple[str, ...],
+                 thresholds: dict[str, float] = THRESHOLDS_DB) -> dict[str, dict[str, Any]]:
+    """Per preset, the fewest-FLOPs row of ``table`` (each with ``loss_db``, ``flops_pct``
+    and the setting's ``keys``) within its loss threshold; if none is, the most accurate."""
+    presets = {}
+    for name, limit in thresholds.items():
+        ok = [r for r in table if r["loss_db"] <= limit]
+        best = (min(ok, key=lambda r: r["flops_pct"]) if ok
+                else min(table, key=lambda r: r["loss_db"]))
+        presets[name] = {k: best[k] for k in keys}
+    return presets
+
+
+def write_presets(weights: str | Path, calibration: dict[str, Any]) -> None:
+    """Store the presets (and how they were found) in the weights file's metadata."""
+    path = Path(weights)
+    tensors = load_file(str(path))
+    raw = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in read_metadata(path).items()}
+    raw["presets"] = json.dumps(calibration["presets"])
+    raw["calibration"] = json.dumps({k: v for k, v in calibration.items() if k != "presets"})
+    save_safetensors(tensors, path, raw)
