@@ -16,6 +16,7 @@ class Routing(str, Enum):
     NONE = "none"  # static network: every patch costs the same
     EXITS = "exits"  # multi-exit network: one exit chosen per patch (ENAF)
     TOKENS = "tokens"  # token/window halting inside the network (AdaFormer)
+    BRANCHES = "branches"  # attention branches switched per image and scale (TADT)
 
 
 @dataclass(frozen=True)

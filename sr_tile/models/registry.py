@@ -72,7 +72,7 @@ def _load(target: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-MAX_SCALE = 16  # a larger factor is a typo, not a request (x16 of 8K is 128K pixels wide)
+MAX_SCALE = 32  # a larger factor is a typo, not a request (TADT is asked up to x30)
 
 _ENAF_TASK = "sr_tile.models.enaf.training:EnafTask"
 _ENAF = ("ENAF multi-exit {}: bicubic path, 2 early exits, full network; a PSNR estimator "
@@ -109,6 +109,20 @@ MODELS.update({
                    _ADAFORMER.format("-light (C = D = 48, 2 + 2 residual blocks)"),
                    "sr_tile.models.adaformer:build", (2, 3, 4), {}, "tokens",
                    {"variant": "adaformer-light"}, train=_ADAFORMER_TASK),
+    )
+})
+
+_TADT = ("TADT{}: arbitrary scale; a controller picks the attention branches of a multi-scale "
+         "transformer per image and scale, a LIIF upsampler reads any output grid")
+MODELS.update({
+    entry.name: entry
+    for entry in (
+        ModelEntry("tadt", "tadt", _TADT.format(" (paper size, N = 8, C = 224)"),
+                   "sr_tile.models.tadt:build", (2, 3, 4), {}, "branches",
+                   {"variant": "tadt"}, scale_range=(1.0, MAX_SCALE)),
+        ModelEntry("tadt-light", "tadt", _TADT.format("-light (N = 4, C = 64)"),
+                   "sr_tile.models.tadt:build", (2, 3, 4), {}, "branches",
+                   {"variant": "tadt-light"}, scale_range=(1.0, MAX_SCALE)),
     )
 })
 

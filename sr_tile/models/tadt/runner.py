@@ -1,0 +1,88 @@
+"""TADT's runner: TARC picks the branches once per image (whole LR image and scale), then
+every tile runs them; the books count the extractor and the upsampler apart."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sr_tile.errors import UsageError
+from sr_tile.models.tadt.model import TADT
+from sr_tile.routing import RoutingOptions
+from sr_tile.runner import TileRunner, grid_coords
+from sr_tile.tiler import TileConfig, TileWindow, to_float
+
+ROUTE_VIEW_PIXELS = 1 << 20  # TARC reads the LR image area-downscaled to at most this
+
+
+class BranchRunner(TileRunner):
+    """Runs TADT with the branches its controller picked for the image (``--static``: all)."""
+
+    def __init__(self, model: TADT, *, device: torch.device, alpha: str,
+                 routing: RoutingOptions | None = None) -> None:
+        routing = routing or RoutingOptions()
+        given = [flag for flag, value in (("--eta", routing.eta), ("--gamma", routing.gamma),
+                                          ("--budget", routing.budget),
+                                          ("--preset", routing.preset)) if value is not None]
+        if given or routing.path is not None:
+            raise UsageError(f"{given[0] if given else 'a fixed path'}: "
+                             f"{model.descriptor.name} picks its branches per image and scale "
+                             "itself; --static runs them all")
+        super().__init__(model, device=device, alpha=alpha)
+
+    def reset(self) -> None:
+        super().reset()
+        self.route: torch.Tensor | None = None
+        self.p: torch.Tensor | None = None
+        self.extractor = self.extractor_static = 0
+        self.pixels = 0
+
+    def prepare(self, image: np.ndarray, tiling: TileConfig) -> None:
+        """TARC on the whole LR image (area-downscaled past ``ROUTE_VIEW_PIXELS``)."""
+        color = image[..., : 1 if image.shape[2] in (1, 2) else 3]
+        view = to_float(color).expand(3, -1, -1)[None]
+        h, w = view.shape[-2:]
+        if h * w > ROUTE_VIEW_PIXELS:
+            f = (ROUTE_VIEW_PIXELS / (h * w)) ** 0.5
+            view = F.interpolate(view, size=(max(1, int(h * f)), max(1, int(w * f))),
+                                 mode="area")
+        with torch.inference_mode():
+            self.route, self.p = self.model.route(view.to(self.device), float(self.scale))
+        self.route, self.p = self.route.cpu(), self.p.cpu()
+        self.flops += self.model.tarc.flops(view.shape[-2] * view.shape[-1])
+
+    def tile_flops(self, height: int, width: int) -> int:
+        return self.model.extractor_flops(1, height, width, None)
+
+    def run_rgb(self, x: torch.Tensor, windows: list[TileWindow], *,
+                routed: bool) -> torch.Tensor:
+        coords = grid_coords(windows, x.device)
+        b, _, h, w = x.shape
+        route = self.route if routed else None
+        out = self.model(x, coords, route)
+        extractor = self.model.extractor_flops(b, h, w, route)
+        full = self.model.extractor_flops(b, h, w, None)
+        upsampler = self.model.upsampler_flops(b * h * w, b * out.shape[-2] * out.shape[-1])
+        self.extractor += extractor
+        self.extractor_static += full
+        self.pixels += b * h * w
+        self.flops += extractor + upsampler
+        self.flops_static += full + upsampler
+        return out
+
+    def extras(self) -> dict[str, Any]:
+        if self.route is None:
+            return {}
+        return {"branches_on": int(self.route.sum()), "branches": int(self.route.numel()),
+                "route": "".join("1" if v else "0" for v in self.route.tolist()),
+                "extractor_flops_px": round(self.extractor / max(self.pixels, 1)),
+                "extractor_pct": round(100.0 * self.extractor / max(self.extractor_static, 1), 2)}
+
+    @staticmethod
+    def describe(extras: dict[str, Any]) -> str:
+        if "branches_on" not in extras:
+            return ""
+        return f"branches {extras['branches_on']}/{extras['branches']}"

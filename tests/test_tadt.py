@@ -1,0 +1,145 @@
+"""TADT: the straight-through estimator, the slice-able projection, what bypassed branches
+cost, coordinates and cells by hand, the upsamplers' tile independence, and the runner."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sr_tile.errors import UsageError
+from sr_tile.models.layers import implicit
+from sr_tile.models.registry import create_model
+from sr_tile.models.tadt import build
+from sr_tile.models.tadt.model import MSTB, WindowBranch, output_grid, sample_routes
+from sr_tile.routing import RoutingOptions
+from sr_tile.runner import make_runner
+from sr_tile.tiler import TileConfig, tiled_upscale
+
+NAME = "tadt-light"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _model(upsampler: str = "liif", scale: float = 2.5):
+    torch.manual_seed(0)
+    model = build(variant=NAME, upsampler=upsampler, scale=scale).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return model
+
+
+def test_straight_through_estimator_passes_the_gradient_to_p():
+    p = torch.tensor([0.2, 0.7, 0.9, 0.5], requires_grad=True)
+    r = sample_routes(p, torch.Generator().manual_seed(0))
+    assert set(r.detach().tolist()) <= {0.0, 1.0}  # forward: a Bernoulli draw
+    weights = torch.tensor([1.0, -2.0, 3.0, 0.5])
+    (r * weights).sum().backward()
+    assert torch.equal(p.grad, weights)  # backward: dL/dr handed to p unchanged
+
+
+def test_slice_able_projection_equals_the_full_one_with_bypassed_branches_zeroed():
+    block = _model().groups[0].blocks[0]
+    x = torch.rand(2, 32, 64, 64)
+    for route in ([True, False, True, False], [False, False, False, True], [False] * 4):
+        with torch.no_grad():
+            sliced = block(x, route)
+            masked = block(x, torch.tensor([route] * 2, dtype=torch.float32))
+        assert (sliced - masked).abs().max() <= 1e-5
+
+
+def test_bypassed_branches_cost_no_flops_and_do_not_run():
+    model = _model()
+    calls: list[int] = []
+    for module in model.modules():
+        if isinstance(module, WindowBranch):
+            module.register_forward_hook(lambda m, a, o: calls.append(1))
+    x = torch.rand(1, 3, 64, 64)
+    route = torch.zeros(model.config.branches, dtype=torch.bool)
+    route[::3] = True
+    with torch.no_grad():
+        model.extract(x, route)
+    assert len(calls) == 2 * int(route.sum())  # two MSTBs per group share the route
+    full = model.extractor_flops(1, 64, 64, None)
+    none = model.extractor_flops(1, 64, 64, torch.zeros_like(route))
+    part = model.extractor_flops(1, 64, 64, route)
+    assert none < part < full
+    block = model.groups[0].blocks[0]
+    per_branch = [block_flops - model.mstb_flops(4096, [j != k for j in range(4)])
+                  for k, block_flops in enumerate([model.mstb_flops(4096, [True] * 4)] * 4)]
+    assert all(v > 0 for v in per_branch) and per_branch[2] > per_branch[0]  # 16x16 > 4x4
+    assert isinstance(block, MSTB)
+
+
+def test_coordinates_and_cells_by_hand():
+    x = torch.zeros(1, 3, 4, 2)
+    ys, xs = output_grid(x, 2.5)  # 4 -> 10 rows, 2 -> 5 columns (round half up)
+    assert ys.shape == (1, 10) and xs.shape == (1, 5)
+    assert ys[0, :3].tolist() == pytest.approx([-0.3, 0.1, 0.5])  # (k + .5) * 4/10 - .5
+    assert xs[0].tolist() == pytest.approx([-0.3, 0.1, 0.5, 0.9, 1.3])
+    # LIIF's ensemble: the cells whose centres bracket u, and 2 * (u - c), clamped at the edges
+    (lo, rel_lo), (hi, rel_hi) = implicit._neighbours(torch.tensor([[-0.3, 0.1, 0.5, 1.3]]), 2)
+    assert lo[0].tolist() == [0, 0, 0, 1] and hi[0].tolist() == [0, 1, 1, 1]
+    assert rel_lo[0].tolist() == pytest.approx([-0.6, 0.2, 1.0, 0.6])
+    assert rel_hi[0].tolist() == pytest.approx([-0.6, -1.8, -1.0, 0.6])
+
+
+@pytest.mark.parametrize("upsampler", implicit.UPSAMPLERS)
+def test_upsamplers_read_a_tile_as_the_whole_image(upsampler):
+    """Queries given in global coordinates: a tile's features (with a 2-cell margin) give the
+    whole map's values at the tile's interior queries, at x2.5."""
+    torch.manual_seed(0)
+    up = implicit.build_upsampler(upsampler, 8)
+    with torch.no_grad():
+        for p in up.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    feat, lr = torch.rand(1, 8, 20, 24), torch.rand(1, 3, 20, 24)
+    ys, xs = output_grid(lr, 2.5)
+    with torch.no_grad():
+        whole = up(feat, lr, ys, xs, 2.5)
+        y0, x0 = 6, 8  # a tile of rows 6..15, columns 8..19
+        tile = up(feat[..., y0:16, x0:20], lr[..., y0:16, x0:20], ys - y0, xs - x0, 2.5)
+    rows = (ys[0] >= y0 + 2) & (ys[0] <= 16 - 3)
+    cols = (xs[0] >= x0 + 2) & (xs[0] <= 20 - 3)
+    assert rows.sum() > 5 and cols.sum() > 5
+    got = tile[:, :, rows][..., cols]
+    want = whole[:, :, rows][..., cols]
+    assert (got - want).abs().max() <= 1e-4
+
+
+def test_routing_is_decided_once_per_image_and_reported(astronaut):
+    model = _model()
+    runner = make_runner(model, device=torch.device("cpu"), alpha="bicubic",
+                         routing=RoutingOptions())
+    picture = np.ascontiguousarray(astronaut[100:164, 180:276])
+    config = TileConfig.resolve(tile=64, overlap=32, margin=8, default_tile=128,
+                                default_overlap=32, size_multiple=32)
+    runner.reset()
+    runner.prepare(picture, config)
+    with torch.inference_mode():
+        out = np.concatenate(list(tiled_upscale(picture, runner, scale=2.5, config=config)))
+    assert out.shape == (160, 240, 3)
+    extras = runner.extras()
+    assert extras["branches"] == 16 and len(extras["route"]) == 16
+    assert 0 < runner.flops and runner.flops_static > 0
+    with pytest.raises(UsageError, match="--static"):
+        make_runner(model, device=torch.device("cpu"), alpha="bicubic",
+                    routing=RoutingOptions(preset="M"))
+
+
+def test_any_scale_builds_and_sizes_are_round_half_up():
+    model = create_model(NAME, scale=7.3, weights=False)
+    assert model.scale == 7.3
+    x = torch.rand(1, 3, 32, 64)
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape[-2:] == (math.floor(32 * 7.3 + 0.5), math.floor(64 * 7.3 + 0.5))
