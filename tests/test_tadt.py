@@ -143,3 +143,78 @@ def test_any_scale_builds_and_sizes_are_round_half_up():
     with torch.no_grad():
         y = model(x)
     assert y.shape[-2:] == (math.floor(32 * 7.3 + 0.5), math.floor(64 * 7.3 + 0.5))
+
+
+def test_beta_penalty_counts_only_beta_above_the_scale_threshold():
+    from sr_tile.models.tadt.training import beta_penalty
+
+    beta = torch.tensor([0.5, 0.9], requires_grad=True)
+    # threshold at x4: 0.25 + 0.25 * 2 = 0.75: only the second is penalised
+    value = beta_penalty(beta, 4.0)
+    assert value.item() == pytest.approx(0.9 / 2)
+    value.backward()
+    assert beta.grad.tolist() == [0.0, 0.5]
+
+
+def test_arbitrary_scale_batches_line_up_with_their_targets():
+    from skimage import data
+
+    from sr_tile.imresize import imresize
+    from sr_tile.train.data import ImagePair, ScaleSampler
+
+    hr = data.astronaut()
+    sampler = ScaleSampler([ImagePair("a", hr, hr[::4, ::4], "x", False)], lr_patch=32,
+                           queries=16, augment=False)
+    b = sampler.batch(2, torch.Generator().manual_seed(3))
+    assert b.lr.shape == (2, 3, 32, 32) and b.hr.shape == (2, 3, 16, 16)
+    assert 1.0 <= b.scale <= 4.0 and torch.all(b.ys[:, 1:] > b.ys[:, :-1])
+    # the LR is the crop's antialiased bicubic, so bicubic at the query coordinates comes
+    # back close to the HR targets
+    from sr_tile.imresize import bicubic_grid
+
+    back = bicubic_grid(b.lr, b.ys, b.xs)
+    assert (back - b.hr).abs().mean() < 0.06
+    assert imresize is not None
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    from PIL import Image
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("tadt-images")
+    train, val = root / "train", root / "val"
+    train.mkdir()
+    val.mkdir()
+    Image.fromarray(data.astronaut()[:256, 100:356]).save(train / "astronaut.png")
+    Image.fromarray(data.coffee()[100:356, 200:456]).save(train / "coffee.png")
+    Image.fromarray(data.astronaut()[256:384, 256:384]).save(val / "astronaut-val.png")
+    return {"root": root, "train": train, "val": val}
+
+
+def test_both_phases_train_and_the_weights_load(folders, tmp_path):
+    from sr_tile.train import run_training
+    from sr_tile.train.config import from_dict
+
+    phase = {"steps": 3, "lr": 5e-4, "batch_size": 2, "queries": 16, "val_every": 3,
+             "ckpt_every": 3, "log_every": 1}
+    cfg = from_dict({
+        "model": NAME, "scale": 4, "seed": 0, "run_dir": str(tmp_path / "run"),
+        "device": "cpu",
+        "data": {"train_dir": str(folders["train"]), "val_dir": str(folders["val"]),
+                 "cache_dir": str(folders["root"] / "cache"), "lr_patch": 32,
+                 "val_patch": 32, "val_crops": 1},
+        "phases": {"baseline": phase, "tadt": phase},
+    })
+    result = run_training(cfg)
+    assert result.phases_run == ["baseline", "tadt"]
+    tarc_before = create_model(NAME, weights=False).tarc.state_dict()
+    tarc_after = result.model.tarc.state_dict()
+    assert any(not torch.equal(tarc_before[k], tarc_after[k]) for k in tarc_before)
+    assert set(result.val["psnr_y"]) == {"all", "routed"}
+    loaded = create_model(NAME, scale=2.5, weights=result.export_path)
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        trained = result.model.eval()
+        trained.scale = 2.5
+        assert torch.equal(loaded(x), trained(x))

@@ -58,9 +58,10 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return decoded
 
 
-def load_weights(model: nn.Module, path: str | Path, *, name: str, scale: int,
-                 strict: bool = True) -> dict[str, Any]:
-    """Load ``path`` into ``model`` after checking it was made for (name, scale)."""
+def load_weights(model: nn.Module, path: str | Path, *, name: str, scale: int | float,
+                 strict: bool = True, any_scale: bool = False) -> dict[str, Any]:
+    """Load ``path`` into ``model`` after checking it was made for (name, scale); with
+    ``any_scale`` (a model that samples any output grid, TADT) the name alone."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such weights file")
@@ -72,7 +73,7 @@ def load_weights(model: nn.Module, path: str | Path, *, name: str, scale: int,
         state = load_file(str(path))
     except Exception as exc:  # noqa: BLE001 - a damaged file, whatever the parser raises
         raise ConfigError(f"{path}: not a readable safetensors file ({exc})") from None
-    if meta.get("model") != name or meta.get("scale") != str(scale):
+    if meta.get("model") != name or (not any_scale and meta.get("scale") != str(scale)):
         raise ConfigError(
             f"{path}: weights are for {meta.get('model')} x{meta.get('scale')}, not {name} x{scale}"
         )

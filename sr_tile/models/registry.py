@@ -35,7 +35,7 @@ class ModelEntry:
     summary: str
     build: str
     scales: tuple[int, ...]  # integer scales it is built for
-    weights: dict[int, str] = field(default_factory=dict)  # scale -> file in weights/
+    weights: dict[int, str] = field(default_factory=dict)  # scale (ANY_SCALE: all) -> file
     routing: str = "none"
     kwargs: dict[str, Any] = field(default_factory=dict)
     scale_range: tuple[float, float] | None = None  # (low, high]: any scale in it as well
@@ -72,6 +72,7 @@ def _load(target: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
+ANY_SCALE = 0  # a ``weights`` key: the file serves every scale (a model sampling any grid)
 MAX_SCALE = 32  # a larger factor is a typo, not a request (TADT is asked up to x30)
 
 _ENAF_TASK = "sr_tile.models.enaf.training:EnafTask"
@@ -112,6 +113,7 @@ MODELS.update({
     )
 })
 
+_TADT_TASK = "sr_tile.models.tadt.training:TADTTask"
 _TADT = ("TADT{}: arbitrary scale; a controller picks the attention branches of a multi-scale "
          "transformer per image and scale, a LIIF upsampler reads any output grid")
 MODELS.update({
@@ -119,10 +121,10 @@ MODELS.update({
     for entry in (
         ModelEntry("tadt", "tadt", _TADT.format(" (paper size, N = 8, C = 224)"),
                    "sr_tile.models.tadt:build", (2, 3, 4), {}, "branches",
-                   {"variant": "tadt"}, scale_range=(1.0, MAX_SCALE)),
+                   {"variant": "tadt"}, scale_range=(1.0, MAX_SCALE), train=_TADT_TASK),
         ModelEntry("tadt-light", "tadt", _TADT.format("-light (N = 4, C = 64)"),
                    "sr_tile.models.tadt:build", (2, 3, 4), {}, "branches",
-                   {"variant": "tadt-light"}, scale_range=(1.0, MAX_SCALE)),
+                   {"variant": "tadt-light"}, scale_range=(1.0, MAX_SCALE), train=_TADT_TASK),
     )
 })
 
@@ -153,9 +155,10 @@ def weights_dir() -> Path:
     return Path(str(resources.files("sr_tile.weights")))
 
 
-def shipped_weights(name: str, scale: int) -> Path | None:
+def shipped_weights(name: str, scale: int | float) -> Path | None:
     """The shipped weights file of (name, scale), if one is installed."""
-    filename = get_entry(name).weights.get(scale)
+    weights = get_entry(name).weights
+    filename = weights.get(scale) or weights.get(ANY_SCALE)
     if filename is None:
         return None
     path = weights_dir() / filename
@@ -189,7 +192,8 @@ def create_model(
             )
         weights = path
     if isinstance(weights, (str, Path)):
-        meta = load_weights(model, weights, name=name, scale=scale)
+        meta = load_weights(model, weights, name=name, scale=scale,
+                            any_scale=entry.scale_range is not None)
         if "presets" in meta and hasattr(model, "presets"):
             model.presets = {k.upper(): v for k, v in meta["presets"].items()}
     return model.eval()

@@ -29,7 +29,8 @@ from sr_tile.imresize import imresize_np
 from sr_tile.io.atomic import write_bytes_atomic
 
 __all__ = [
-    "IMAGE_SUFFIXES", "LR_METHOD", "ImagePair", "LoadStats", "PatchSampler", "ValSet",
+    "IMAGE_SUFFIXES", "LR_METHOD", "ImagePair", "LoadStats", "PatchSampler", "ScaleBatch",
+    "ScaleSampler", "ValSet",
     "list_images", "load_pairs", "make_val_set", "step_generator", "to_rgb8",
 ]
 
@@ -295,3 +296,65 @@ def make_val_set(pairs: Sequence[ImagePair], *, scale: int, val_patch: int,
                 f"{len({n.split('@')[0] for n in names})} images), outputs clamped and rounded "
                 f"to uint8, PSNR-Y with a {scale} px border, mean over crops")
     return ValSet(lr=stack(lrs), hr=stack(hrs), names=names, scale=scale, protocol=protocol)
+
+
+@dataclass
+class ScaleBatch:
+    """One arbitrary-scale batch: ``lr`` (n, 3, p, p) in [0, 1] (8-bit values), a grid of
+    query rows ``ys`` and columns ``xs`` (n, q) in the LR's pixel coordinates (centres at
+    integers), the HR pixels there ``hr`` (n, 3, q, q), and the batch's ``scale``."""
+
+    lr: torch.Tensor
+    ys: torch.Tensor
+    xs: torch.Tensor
+    hr: torch.Tensor
+    scale: float
+
+
+class ScaleSampler:
+    """Arbitrary-scale batches as LIIF and TADT train: a scale s ~ U(low, high) per batch, HR
+    crops of round(p * s) px (flipped / rotated), their LR by MATLAB antialiased bicubic to
+    p x p (rounded to 8 bits, as a stored LR is), and ``queries`` random rows x columns of each
+    HR crop as the targets (LIIF samples 48 x 48 pixels per crop; a grid keeps the
+    upsamplers' row x column layout)."""
+
+    def __init__(self, pairs: Sequence[ImagePair], *, lr_patch: int, queries: int,
+                 scales: tuple[float, float] = (1.0, 4.0), augment: bool = True) -> None:
+        largest = int(round(lr_patch * scales[1]))
+        self.pairs = [p for p in pairs if min(p.hr.shape[:2]) >= largest]
+        if not self.pairs:
+            raise ConfigError(f"no training image is large enough for {largest} px HR crops")
+        if queries > lr_patch:
+            raise ConfigError(f"queries {queries} must be at most lr_patch {lr_patch}")
+        self.lr_patch, self.queries, self.scales, self.augment = lr_patch, queries, scales, augment
+        self.weights = torch.tensor([float(p.hr.shape[0] * p.hr.shape[1]) for p in self.pairs],
+                                    dtype=torch.float64)
+
+    def batch(self, n: int, generator: torch.Generator,
+              device: torch.device | str | None = None) -> ScaleBatch:
+        from sr_tile.imresize import imresize
+
+        low, high = self.scales
+        s = low + (high - low) * float(torch.rand((), generator=generator, dtype=torch.float64))
+        p, q = self.lr_patch, self.queries
+        size = max(p, int(round(p * s)))
+        idx = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        crops = np.empty((n, size, size, 3), dtype=np.uint8)
+        for k, i in enumerate(idx.tolist()):
+            hr = self.pairs[i].hr
+            y = int(torch.randint(0, hr.shape[0] - size + 1, (), generator=generator))
+            x = int(torch.randint(0, hr.shape[1] - size + 1, (), generator=generator))
+            code = int(torch.randint(0, 8, (), generator=generator)) if self.augment else 0
+            crops[k] = _augment(hr[y:y + size, x:x + size], code)
+        hr_t = _to_tensor(crops, None)
+        lr = imresize(hr_t, out_size=(p, p), antialias=True).clamp_(0, 1).mul_(255).round_()
+        rows = torch.stack([torch.randperm(size, generator=generator)[:q].sort().values
+                            for _ in range(n)])
+        cols = torch.stack([torch.randperm(size, generator=generator)[:q].sort().values
+                            for _ in range(n)])
+        picked = hr_t[torch.arange(n)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+        to_lr = lambda k: (k.double() + 0.5) * p / size - 0.5  # noqa: E731
+        move = (lambda t: t.to(device)) if device is not None else (lambda t: t)
+        return ScaleBatch(lr=move(lr.div_(255.0)), ys=move(to_lr(rows).float()),
+                          xs=move(to_lr(cols).float()),
+                          hr=move(picked.permute(0, 3, 1, 2).contiguous()), scale=size / p)

@@ -1,0 +1,142 @@
+"""TADT's training task, as the paper trains it (sec. 4.1): first the ``baseline`` (the
+extractor with every branch on, no TARC, L1), then ``tadt`` from it (TARC learns the routes:
+r ~ Bernoulli(p) with the straight-through estimator, L = L1 + lambda * beta * M with
+M = [beta >= a1 + a2 * s^a3], lambda = 2e-4, a = 0.25, 0.25, 0.5).
+
+Batches are arbitrary-scale (``sr_tile.train.data.ScaleSampler``): s ~ U(1, 4) per batch, LR
+crops of ``data.lr_patch`` px made from HR crops of round(p * s) px, a grid of ``queries``
+rows x columns of HR pixels as the targets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sr_tile.metrics import psnr_y
+from sr_tile.models.tadt.model import TADT, output_grid, sample_routes
+from sr_tile.train.config import PhaseConfig, PhasesConfig, invalid
+from sr_tile.train.data import ScaleSampler, ValSet
+from sr_tile.train.engine import PhaseContext, TrainTask
+
+ALPHAS = (0.25, 0.25, 0.5)  # M = [beta >= a1 + a2 * s^a3] (Eq. 6)
+_VAL_BATCH = 4
+
+
+@dataclass(frozen=True)
+class TADTPhaseConfig(PhaseConfig):
+    """The shared phase settings, plus ``queries`` (rows and columns of HR targets per crop),
+    the training ``scale_min``/``scale_max`` and ``penalty`` (Eq. 5's lambda; phase tadt)."""
+
+    queries: int = 32
+    scale_min: float = 1.0
+    scale_max: float = 4.0
+    penalty: float = 2e-4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.queries < 1:
+            raise invalid("queries", f"must be >= 1, got {self.queries}")
+        if not 1.0 <= self.scale_min <= self.scale_max:
+            raise invalid("scale_min", f"need 1 <= scale_min <= scale_max, got "
+                                       f"{self.scale_min} and {self.scale_max}")
+        if self.penalty < 0:
+            raise invalid("penalty", f"must be >= 0, got {self.penalty}")
+
+
+@dataclass(frozen=True)
+class TADTPhases(PhasesConfig):
+    baseline: TADTPhaseConfig
+    tadt: TADTPhaseConfig
+
+
+def beta_penalty(beta: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """Eq. 6-7: beta * [beta >= a1 + a2 * s^a3], averaged over the batch."""
+    a1, a2, a3 = ALPHAS
+    threshold = a1 + a2 * torch.as_tensor(scale, dtype=beta.dtype) ** a3
+    return (beta * (beta.detach() >= threshold).to(beta.dtype)).mean()
+
+
+@torch.no_grad()
+def evaluate(model: TADT, val: ValSet, device: torch.device) -> dict[str, Any]:
+    """PSNR-Y on the val crops at their scale, every branch on and routed by TARC; the
+    branches TARC turns on at x2, x3 and x4 (mean over the crops)."""
+    was_training = model.training
+    model.eval()
+    scores: dict[str, list[float]] = {"all": [], "routed": []}
+    on = {s: [] for s in (2, 3, 4)}
+    for start in range(0, len(val), _VAL_BATCH):
+        lr = val.lr[start:start + _VAL_BATCH].to(device).float().div_(255.0)
+        hr = val.hr[start:start + _VAL_BATCH].permute(0, 2, 3, 1).numpy()
+        ys, xs = output_grid(lr, val.scale)
+        for k in range(lr.shape[0]):
+            x = lr[k:k + 1]
+            route, _ = model.route(x, float(val.scale))
+            for name, r in (("all", None), ("routed", route)):
+                out = model.upsampler(model.extract(x, r), x, ys[k:k + 1], xs[k:k + 1],
+                                      float(val.scale))
+                sr = (out.clamp(0, 1) * 255).round().to(torch.uint8)[0].permute(1, 2, 0).cpu()
+                scores[name].append(psnr_y(sr.numpy(), hr[k], crop_border=val.scale))
+            for s in on:
+                on[s].append(float(model.route(x, float(s))[0].float().sum()))
+    model.train(was_training)
+    return {"psnr_y": {k: round(float(np.mean(v)), 4) for k, v in scores.items()},
+            "branches_on": {f"x{s}": round(float(np.mean(v)), 2) for s, v in on.items()},
+            "branches": model.config.branches}
+
+
+class TADTTask(TrainTask):
+    """TADT on the shared engine: phases baseline and tadt."""
+
+    name = "tadt"
+    summary = "TADT arbitrary-scale transformer: baseline extractor, then TARC routing"
+    phases = ("baseline", "tadt")
+    phases_config = TADTPhases
+    configs = {"light": "tadt_light.yaml", "tadt": "tadt.yaml"}
+    default_variant = "light"
+
+    def param_groups(self, model: torch.nn.Module, phase: str,
+                     config: PhaseConfig) -> list[dict[str, Any]]:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        if phase == "baseline":  # no TARC yet
+            for p in model.tarc.parameters():
+                p.requires_grad_(False)
+        params = [p for p in model.parameters() if p.requires_grad]
+        return [{"params": params, "lr": config.lr, "base_lr": config.lr}]
+
+    def prepare_phase(self, model: torch.nn.Module, phase: str, config: PhaseConfig,
+                      ctx: PhaseContext) -> ScaleSampler:
+        return ScaleSampler(ctx.sampler.pairs, lr_patch=ctx.sampler.lr_patch,
+                            queries=config.queries, scales=(config.scale_min, config.scale_max),
+                            augment=ctx.sampler.augment)
+
+    def loss(self, model: torch.nn.Module, phase: str, config: PhaseConfig, state: Any,
+             batch: Callable[[], Any], step: int, generator: torch.Generator,
+             device: torch.device) -> torch.Tensor:
+        b = state.batch(config.batch_size, generator, device)
+        pixel = F.mse_loss if step < config.l2_warmup else F.l1_loss
+        if phase == "baseline":
+            route, penalty = None, None
+        else:
+            p, beta = model.tarc(b.lr, torch.full((b.lr.shape[0],), b.scale, device=device))
+            route = sample_routes(p, generator if device.type == "cpu" else None)
+            penalty = beta_penalty(beta, b.scale)
+        sr = model.upsampler(model.extract(b.lr, route), b.lr, b.ys, b.xs, b.scale)
+        loss = pixel(sr, b.hr)
+        return loss if penalty is None else loss + config.penalty * penalty
+
+    def evaluate(self, model: torch.nn.Module, val: ValSet, device: torch.device,
+                 state: Any = None) -> dict[str, Any]:
+        return evaluate(model, val, device)
+
+    def format_val(self, result: dict[str, Any]) -> str:
+        psnr, on = result["psnr_y"], result["branches_on"]
+        return (f"PSNR-Y all branches {psnr['all']:.2f}, routed {psnr['routed']:.2f}; "
+                f"branches on of {result['branches']}: "
+                + ", ".join(f"{k} {v:g}" for k, v in on.items()))
