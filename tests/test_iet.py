@@ -1,0 +1,94 @@
+"""IET's individualized attention: equal to dense and to window attention when the index says
+so, gradients (gradcheck), chunking, DLSG candidates, sparsification, expansion and dedup."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sr_tile.models.iet import attention as iea
+
+
+def _attend(q, k, v, index):
+    scores = iea.qmk(q, k, index) / q.shape[-1] ** 0.5
+    return iea.amv(scores.softmax(dim=-1), v, index)
+
+
+def test_equals_dense_attention_when_every_token_is_a_candidate():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 10, 3, 4) for _ in range(3))
+    index = torch.arange(10).expand(2, 10, 10)
+    dense = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)))
+    assert torch.allclose(_attend(q, k, v, index), dense.transpose(1, 2), atol=1e-5)
+
+
+def test_equals_window_attention_when_the_candidates_are_a_window():
+    torch.manual_seed(1)
+    h = w = 8
+    s = 4
+    q, k, v = (torch.randn(1, h * w, 2, 5) for _ in range(3))
+    ids = torch.arange(h * w).view(h, w)
+    windows = ids.view(h // s, s, w // s, s).transpose(1, 2).reshape(-1, s * s)  # (4, 16)
+    index = torch.empty(h * w, s * s, dtype=torch.long)
+    for win in windows:
+        index[win] = win
+    got = _attend(q, k, v, index[None])
+    for win in windows:
+        want = F.scaled_dot_product_attention(*(t[:, win].transpose(1, 2) for t in (q, k, v)))
+        assert torch.allclose(got[:, win], want.transpose(1, 2), atol=1e-5)
+
+
+def test_gradients_pass_gradcheck_with_masked_entries():
+    torch.manual_seed(2)
+    q, k, v = (torch.randn(1, 6, 2, 3, dtype=torch.float64, requires_grad=True)
+               for _ in range(3))
+    index = torch.tensor([[[0, 1, 2, -1], [1, 3, -1, -1], [2, 0, 5, 4], [3, 3, 1, 0],
+                           [4, 5, -1, 2], [5, 0, 1, 2]]])
+    assert torch.autograd.gradcheck(lambda a, b, c: _attend(a, b, c, index), (q, k, v))
+
+
+def test_chunked_gathers_give_the_same_numbers(monkeypatch):
+    torch.manual_seed(3)
+    q, k, v = (torch.randn(2, 50, 3, 6) for _ in range(3))
+    index = torch.randint(-1, 50, (2, 50, 9))
+    whole = _attend(q, k, v, index)
+    monkeypatch.setattr(iea, "GATHER_BYTES", 9 * 18 * 4 * 7)  # 7 tokens per chunk
+    assert torch.allclose(_attend(q, k, v, index), whole, atol=1e-6)
+
+
+def test_dlsg_candidates():
+    offsets = iea.dlsg_offsets(8, 12, 3)
+    assert offsets.shape == (889, 2) and offsets[0].tolist() == [0, 0]
+    assert len({tuple(o) for o in offsets.tolist()}) == 889  # no duplicates
+    assert offsets.abs().max() == 36  # the reach: 12 patches of 3 px
+    index = iea.dlsg_index(5, 7, iea.dlsg_offsets(1, 2, 2))
+    assert index.shape == (35, 9 + 24)  # the 5x5 grid at dilation 2 less its centre
+    assert index[0, 0] == 0 and (index[0] == -1).sum() > 0  # the corner loses the outside
+    assert index[17].tolist()[:9] == [17, 9, 10, 11, 16, 18, 23, 24, 25]  # 3x3 around (2, 3)
+
+
+def test_sparsify_keeps_the_strongest_candidates():
+    attn = torch.tensor([[[[0.1, 0.5, 0.2, 0.2]], [[0.3, 0.3, 0.1, 0.3]]]])  # (1, 2, 1, 4)
+    index = torch.tensor([[[7, 8, 9, -1]]])
+    kept, ids, cols = iea.sparsify(attn, index, 2)
+    assert ids.tolist() == [[[8, 7]]] and cols.tolist() == [[[1, 0]]]
+    assert torch.allclose(kept[0, :, 0], torch.tensor([[0.5, 0.1], [0.3, 0.3]]))
+
+
+def test_expansion_merges_two_hops_without_duplicates_and_pads():
+    # token 0's candidates ranked 1, 2; token 1's ranked 3, 0; token 2's ranked 0, 4
+    index = torch.tensor([[[1, 2], [3, 0], [0, 4], [3, -1], [4, 1]]])
+    attn = torch.tensor([[[[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [1.0, 0.0], [0.6, 0.4]]]])
+    out = iea.expand(attn, index, k1=2, k2=2, width=6)
+    # token 0: own [1, 2], then 1's top two [3, 0], then 2's [0, 4] -> 1, 2, 3, 0, 4, pad
+    assert out[0, 0].tolist() == [1, 2, 3, 0, 4, -1]
+    # token 3: own [3], 3's own top two [3] (the -1 is skipped): nothing new
+    assert out[0, 3].tolist() == [3, -1, -1, -1, -1, -1]
+    cut = iea.expand(attn, index, k1=2, k2=2, width=3)
+    assert cut[0, 0].tolist() == [1, 2, 3]
+
+
+def test_dedup_keeps_first_occurrences_in_order():
+    rows = torch.tensor([[[5, 3, 5, -1, 3, 2]]])
+    assert iea.dedup(rows, 5)[0, 0].tolist() == [5, 3, 2, -1, -1]
