@@ -706,7 +706,7 @@ def test_cli_errors_are_one_red_line(args: list[str], message: str, tmp_path: Pa
 
 def test_family_table_points_at_packaged_configs() -> None:
     """Trainable families come from the registry rows that name a task."""
-    assert set(families()) == {"enaf", "adaformer", "tadt"}
+    assert set(families()) == {"enaf", "adaformer", "tadt", "iet"}
     for name, task in families().items():
         assert task.name == name and task.phases == task.phases_config.names()
         for backbone in task.configs:

@@ -128,6 +128,21 @@ MODELS.update({
     )
 })
 
+_IET_TASK = "sr_tile.models.iet.training:IETTask"
+_IET = ("IET{}: each token attends to its own content-adaptive candidates (dense-local "
+        "sparse-global start, top-k pruning, two-hop expansion)")
+MODELS.update({
+    entry.name: entry
+    for entry in (
+        ModelEntry("iet-light", "iet", _IET.format("-light (dim 54, 8 x 3 layers, 3 heads)"),
+                   "sr_tile.models.iet:build", (2, 3, 4), {}, kwargs={"variant": "iet-light"},
+                   train=_IET_TASK),
+        ModelEntry("iet", "iet", _IET.format(" (dim 240, 8 x 4 layers, 6 heads)"),
+                   "sr_tile.models.iet:build", (2, 3, 4), {}, kwargs={"variant": "iet"},
+                   train=_IET_TASK),
+    )
+})
+
 DEFAULT_MODEL = "enaf-fsrcnn"
 
 

@@ -1,0 +1,215 @@
+"""IET: individualized exploratory transformer (conv, 8 groups of IEA layers with SF-FFNs,
+conv, pixel-shuffle upsampler over a bicubic skip).
+
+A group (the paper's block) is ``layers`` IEA layers, a 3x3 conv and a residual. Each layer:
+``x + proj(IEA(LN x))`` then ``x + SF-FFN(LN x)``. Candidates flow from layer to layer: the
+first group starts from DLSG (``attention.dlsg_index``) with a relative position bias per
+offset; every layer keeps its ``keep`` best (sparsification, Eq. 4) and attends with the kept
+weights (not renormalised, as Eq. 3 reads); the last layer of the first groups adds two-hop
+neighbours (expansion, Eq. 5-8, the paper's k1 = [22, 20, 14, 12], k2 = [12, 11, 9, 8]); after
+the first group, LePE (a depthwise 3x3 conv of V) replaces the position bias.
+
+SF-FFN (our reading of Fig. 5): each token is paired with its most similar candidate (the
+best-ranked one of the next layer's list that is not itself); ``fc1(x) + head-wise
+linear(x_sim)``, a depthwise 3x3 conv added, GELU, ``fc2``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sr_tile.models.descriptor import ModelDescriptor, Routing
+from sr_tile.models.iet import attention as iea
+from sr_tile.models.layers import bicubic, zero_init_
+
+SCALES = (2, 3, 4)
+
+
+@dataclass(frozen=True)
+class IETConfig:
+    """``iet-light`` (dim 54, 8 x 3, 3 heads) by default. ``keep[g]``: candidates each layer
+    of group g keeps (one number per layer); ``width[g]``: the candidate list after group g's
+    expansion (-1 padded); ``dilation``: DLSG's d (the paper trains with 2, infers with 3)."""
+
+    scale: int = 4
+    dim: int = 54
+    groups: int = 8
+    layers: int = 3
+    heads: int = 3
+    mlp_ratio: float = 2.0
+    dense: int = 8
+    sparse: int = 12
+    dilation: int = 3
+    keep: tuple[tuple[int, ...], ...] = ((256, 128, 64), (128, 96, 64), (128, 96, 64),
+                                         (96, 64, 48), (64, 48, 48), (48, 48, 48),
+                                         (48, 48, 48), (48, 48, 48))
+    k1: tuple[int, ...] = (22, 20, 14, 12)
+    k2: tuple[int, ...] = (12, 11, 9, 8)
+    width: tuple[int, ...] = (320, 256, 192, 160)
+
+    def __post_init__(self) -> None:
+        if self.scale not in SCALES:
+            raise ValueError(f"iet supports scales {SCALES}, not x{self.scale}")
+        if len(self.keep) != self.groups or any(len(k) != self.layers for k in self.keep):
+            raise ValueError("keep needs one tuple of per-layer counts per group")
+        if not len(self.k1) == len(self.k2) == len(self.width) <= self.groups:
+            raise ValueError("k1, k2 and width need one entry per expanding group")
+
+    @property
+    def reach(self) -> int:
+        """How far (LR px) DLSG reaches from a token: the minimum useful tile overlap."""
+        return max(self.dense, self.sparse * self.dilation)
+
+
+@dataclass
+class Candidates:
+    """The candidate list of every token of a batch of tiles, and (first group only) the
+    DLSG offset id of each entry, for the position bias."""
+
+    index: torch.Tensor  # (B, N, k), -1 = none
+    offset: torch.Tensor | None = None  # (B, N, k) ids into the DLSG offsets
+
+
+class IEALayer(nn.Module):
+    def __init__(self, cfg: IETConfig, *, bias_offsets: int | None) -> None:
+        super().__init__()
+        self.heads = cfg.heads
+        self.norm1 = nn.LayerNorm(cfg.dim)
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
+        self.proj = nn.Linear(cfg.dim, cfg.dim)
+        self.bias = (nn.Parameter(torch.zeros(cfg.heads, bias_offsets))
+                     if bias_offsets else None)
+        self.lepe = (None if bias_offsets else
+                     nn.Conv2d(cfg.dim, cfg.dim, 3, padding=1, groups=cfg.dim))
+        self.norm2 = nn.LayerNorm(cfg.dim)
+        hidden = int(round(cfg.dim * cfg.mlp_ratio))
+        self.fc1 = nn.Linear(cfg.dim, hidden)
+        self.fc_sim = nn.Conv1d(cfg.dim, hidden, 1, groups=cfg.heads)  # head-wise
+        self.dw = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
+        self.fc2 = nn.Linear(hidden, cfg.dim)
+
+    def forward(self, x: torch.Tensor, hw: tuple[int, int], cand: Candidates, keep: int,
+                expansion: tuple[int, int, int] | None) -> tuple[torch.Tensor, Candidates]:
+        """``x`` (B, N, C) tokens of (h, w) tiles -> updated tokens and the next candidates."""
+        b, n, c = x.shape
+        h, w = hw
+        q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, -1).unbind(2)
+        scores = iea.qmk(q, k, cand.index) / math.sqrt(q.shape[-1])
+        if self.bias is not None and cand.offset is not None:
+            scores = scores + self.bias[:, cand.offset.clamp(min=0)].permute(1, 0, 2, 3)
+        attn = scores.softmax(dim=-1)
+        kept, index, cols = iea.sparsify(attn, cand.index, keep)
+        out = iea.amv(kept, v, index).reshape(b, n, c)
+        if self.lepe is not None:
+            vmap = v.reshape(b, h, w, c).permute(0, 3, 1, 2)
+            out = out + self.lepe(vmap).permute(0, 2, 3, 1).reshape(b, n, c)
+        x = x + self.proj(out)
+        offset = cand.offset.gather(2, cols) if cand.offset is not None else None
+        nxt = Candidates(index, offset)
+        if expansion is not None:
+            k1, k2, width = expansion
+            nxt = Candidates(iea.expand(kept, index, k1, k2, width))
+        return x + self._ffn(self.norm2(x), hw, nxt.index), nxt
+
+    def _ffn(self, x: torch.Tensor, hw: tuple[int, int], index: torch.Tensor) -> torch.Tensor:
+        """SF-FFN: each token with its most similar other candidate."""
+        b, n, _ = x.shape
+        tokens = torch.arange(n, device=x.device)[None, :, None]
+        other = index.masked_fill(index == tokens, -1)
+        first = torch.where(other >= 0, torch.arange(other.shape[-1], device=x.device),
+                            other.shape[-1]).argmin(dim=-1)  # the first valid other entry
+        best = other.gather(2, first[..., None])[..., 0]
+        best = torch.where(best >= 0, best, tokens[..., 0])  # none: itself
+        sim = x[torch.arange(b, device=x.device)[:, None], best]
+        y = self.fc1(x) + self.fc_sim(sim.transpose(1, 2)).transpose(1, 2)
+        h, w = hw
+        ymap = y.reshape(b, h, w, -1).permute(0, 3, 1, 2)
+        y = y + self.dw(ymap).permute(0, 2, 3, 1).reshape(b, n, -1)
+        return self.fc2(F.gelu(y))
+
+
+class IETGroup(nn.Module):
+    def __init__(self, cfg: IETConfig, g: int, offsets: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(IEALayer(cfg, bias_offsets=offsets if g == 0 else None)
+                                    for _ in range(cfg.layers))
+        self.conv = nn.Conv2d(cfg.dim, cfg.dim, 3, padding=1)
+
+
+class IET(nn.Module):
+    """IET; ``forward(x)`` (B, 3, h, w) -> (B, 3, s h, s w). Candidates are built per tile."""
+
+    def __init__(self, cfg: IETConfig, *, name: str = "iet-light") -> None:
+        super().__init__()
+        self.config = cfg
+        self.scale = cfg.scale
+        self.register_buffer("offsets", iea.dlsg_offsets(cfg.dense, cfg.sparse, cfg.dilation),
+                             persistent=False)
+        self.conv_first = nn.Conv2d(3, cfg.dim, 3, padding=1)
+        self.groups = nn.ModuleList(IETGroup(cfg, g, len(self.offsets))
+                                    for g in range(cfg.groups))
+        self.conv_after = nn.Conv2d(cfg.dim, cfg.dim, 3, padding=1)
+        self.upsample = zero_init_(nn.Conv2d(cfg.dim, 3 * cfg.scale ** 2, 3, padding=1))
+        self.shuffle = nn.PixelShuffle(cfg.scale)
+        self.descriptor = ModelDescriptor(
+            name=name, scale=cfg.scale, margin=4, exact_tiling=False, default_tile=96,
+            default_overlap=2 * cfg.reach, routing=Routing.NONE,
+            flops_note="classsr: 2x MACs of conv/linear layers and of the candidate products "
+                       "(every candidate gathered counts, -1 padding too)")
+
+    def set_dilation(self, dilation: int) -> None:
+        """DLSG's d at inference (the offsets change, the weights do not)."""
+        self.offsets = iea.dlsg_offsets(self.config.dense, self.config.sparse, dilation).to(
+            self.offsets.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        b, _, h, w = x.shape
+        feat = self.conv_first(x)
+        index = iea.dlsg_index(h, w, self.offsets, x.device)[None].expand(b, -1, -1)
+        offset = torch.arange(len(self.offsets), device=x.device).expand_as(index)
+        cand = Candidates(index, offset)
+        t = feat
+        for g, group in enumerate(self.groups):
+            tokens = t.flatten(2).transpose(1, 2)
+            for j, layer in enumerate(group.layers):
+                last = j == cfg.layers - 1 and g < len(cfg.k1)
+                expansion = (cfg.k1[g], cfg.k2[g], cfg.width[g]) if last else None
+                tokens, cand = layer(tokens, (h, w), cand, cfg.keep[g][j], expansion)
+            t = t + group.conv(tokens.transpose(1, 2).reshape(b, cfg.dim, h, w))
+        feat = feat + self.conv_after(t)
+        return self.shuffle(self.upsample(feat)) + bicubic(x, cfg.scale)
+
+    # ------------------------------------------------------------------ FLOPs (classsr)
+    def candidate_counts(self) -> list[tuple[int, int]]:
+        """Per layer in order, (candidates scored, candidates kept)."""
+        cfg = self.config
+        counts, incoming = [], len(self.offsets)
+        for g in range(cfg.groups):
+            for j in range(cfg.layers):
+                keep = min(cfg.keep[g][j], incoming)
+                counts.append((incoming, keep))
+                incoming = keep
+                if j == cfg.layers - 1 and g < len(cfg.k1):
+                    incoming = cfg.width[g]
+        return counts
+
+    def flops(self, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
+        """The ``sr_tile.flops`` protocol: convs, linears and the candidate products (qmk and
+        amv over every listed candidate, padding included: the gathers compute them)."""
+        cfg = self.config
+        b, _, h, w = inputs[0].shape
+        n, c = b * h * w, cfg.dim
+        hidden = int(round(c * cfg.mlp_ratio))
+        per_layer = (2 * c * 3 * c + 2 * c * c + 2 * c * hidden + 2 * (c // cfg.heads) * hidden
+                     + 2 * 9 * hidden + 2 * hidden * c)
+        total = cfg.groups * cfg.layers * per_layer * n
+        total += sum(2 * c * (scored + kept) for scored, kept in self.candidate_counts()) * n
+        total += (cfg.groups - 1) * cfg.layers * 2 * 9 * c * n  # LePE
+        total += n * 2 * 9 * (3 * c + cfg.groups * c * c + c * c + c * 3 * cfg.scale ** 2)
+        return total
