@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 
@@ -27,3 +28,15 @@ def small_png(tmp_path: Path, astronaut: np.ndarray) -> Path:
 def listing(folder: Path) -> set[str]:
     """Every file under folder, hidden temp files included."""
     return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from threads, and idle OpenMP workers spinning on a busy
+    2-core machine made training tests 30x slower; one thread count for a whole module also
+    keeps runs comparable bit for bit (reductions split per thread). Restored afterwards.
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

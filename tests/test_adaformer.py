@@ -25,12 +25,7 @@ from sr_tile.upscale import UpscaleOptions, Upscaler
 NAME = "adaformer-light"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(scale: int = 4, bias: float = -1.0) -> AdaFormer:

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 
 from sr_tile.models.iet import attention as iea
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _attend(q, k, v, index):
     scores = iea.qmk(q, k, index) / q.shape[-1] ** 0.5
@@ -92,3 +94,65 @@ def test_expansion_merges_two_hops_without_duplicates_and_pads():
 def test_dedup_keeps_first_occurrences_in_order():
     rows = torch.tensor([[[5, 3, 5, -1, 3, 2]]])
     assert iea.dedup(rows, 5)[0, 0].tolist() == [5, 3, 2, -1, -1]
+
+
+def test_model_candidates_shrink_and_expand_as_configured():
+    from sr_tile.models.iet import build
+
+    model = build(variant="iet-light")
+    counts = model.candidate_counts()
+    assert counts[0] == (889, 256)  # DLSG, then the first layer keeps 256
+    assert counts[3] == (320, 128)  # group 1 starts from group 0's expanded list
+    assert len(counts) == 24 and all(kept <= scored for scored, kept in counts)
+    model.set_dilation(2)
+    assert int(model.offsets.abs().max()) == 24  # d = 2 reaches 12 patches of 2 px
+
+
+def test_a_tiny_training_run_lowers_the_loss_and_the_weights_load(tmp_path):
+    from PIL import Image
+    from skimage import data
+
+    from sr_tile.models.iet.training import IETTask
+    from sr_tile.models.registry import create_model
+    from sr_tile.train import run_training
+    from sr_tile.train.config import from_dict
+    from sr_tile.train.data import PatchSampler, load_pairs, step_generator
+
+    train, val = tmp_path / "train", tmp_path / "val"
+    train.mkdir()
+    val.mkdir()
+    Image.fromarray(data.astronaut()[:128, 100:228]).save(train / "a.png")
+    Image.fromarray(data.astronaut()[256:320, 256:320]).save(val / "v.png")
+    from sr_tile.models.checkpoint import save_weights
+
+    # an untrained IET is exactly bicubic (zero last layer), which a few steps do not beat;
+    # start it worse, with a random last layer, so that the steps have a loss to lower
+    torch.manual_seed(0)
+    start = create_model("iet-light", weights=False)
+    with torch.no_grad():
+        start.upsample.weight.normal_(0.0, 0.02)
+    init = save_weights(start, tmp_path / "init.safetensors", name="iet-light", scale=4)
+    cfg = from_dict({
+        "model": "iet-light", "scale": 4, "seed": 0, "run_dir": str(tmp_path / "run"),
+        "device": "cpu", "init": str(init),
+        "data": {"train_dir": str(train), "val_dir": str(val), "cache_dir": str(tmp_path / "c"),
+                 "lr_patch": 12, "val_patch": 12, "val_crops": 1},
+        "phases": {"train": {"steps": 8, "lr": 1e-3, "batch_size": 4, "val_every": 8,
+                             "ckpt_every": 8, "log_every": 1, "l2_warmup": 8}},
+    })
+    pairs = load_pairs(train, scale=4, cache_dir=tmp_path / "c", label="train")[0]
+    lr, hr = PatchSampler(pairs, scale=4, lr_patch=12).batch(8, step_generator(5, 0, 0))
+    task, phase = IETTask(), cfg.phases.train
+
+    def loss(model) -> float:
+        with torch.no_grad():
+            return task.loss(model, "train", phase, 3, lambda: (lr, hr), 0,
+                             torch.Generator(), torch.device("cpu")).item()
+
+    before = loss(start)
+    result = run_training(cfg)
+    assert loss(result.model) < before
+    loaded = create_model("iet-light", weights=result.export_path)
+    x = torch.rand(1, 3, 12, 12)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), result.model.eval()(x))

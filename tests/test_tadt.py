@@ -21,12 +21,7 @@ from sr_tile.tiler import TileConfig, tiled_upscale
 NAME = "tadt-light"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(upsampler: str = "liif", scale: float = 2.5):

@@ -41,15 +41,7 @@ SCALE = 4
 # ----------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and idle OpenMP workers spinning on a busy
-    2-core machine made these tests 30x slower; one thread count for the whole module also
-    keeps runs comparable bit for bit (reductions split per thread). Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

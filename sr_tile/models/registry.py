@@ -78,6 +78,16 @@ MAX_SCALE = 32  # a larger factor is a typo, not a request (TADT is asked up to 
 _ENAF_TASK = "sr_tile.models.enaf.training:EnafTask"
 _ENAF = ("ENAF multi-exit {}: bicubic path, 2 early exits, full network; a PSNR estimator "
          "picks one per 32x32 patch")
+_ADAFORMER_TASK = "sr_tile.models.adaformer.training:AdaFormerTask"
+_ADAFORMER = ("AdaFormer{}: conv encoder, 6 attention blocks (8x8 windows + 16 global "
+              "prototypes) that halt tokens and windows once a confidence estimator says they "
+              "are restored, conv decoder")
+_TADT_TASK = "sr_tile.models.tadt.training:TADTTask"
+_TADT = ("TADT{}: arbitrary scale; a controller picks the attention branches of a multi-scale "
+         "transformer per image and scale, a LIIF upsampler reads any output grid")
+_IET_TASK = "sr_tile.models.iet.training:IETTask"
+_IET = ("IET{}: each token attends to its own content-adaptive candidates (dense-local "
+        "sparse-global start, top-k pruning, two-hop expansion)")
 
 MODELS: dict[str, ModelEntry] = {
     entry.name: entry
@@ -89,20 +99,11 @@ MODELS: dict[str, ModelEntry] = {
                    (2, 3, 4), {2: "enaf-fsrcnn-x2.safetensors", 4: "enaf-fsrcnn-x4.safetensors"},
                    "exits", {"backbone": "fsrcnn"}, train=_ENAF_TASK),
         ModelEntry("enaf-carn", "enaf", _ENAF.format("CARN-M"), "sr_tile.models.enaf:build",
-                   (2, 3, 4), {4: "enaf-carn-x4.safetensors"}, "exits", {"backbone": "carn"}, train=_ENAF_TASK),
+                   (2, 3, 4), {4: "enaf-carn-x4.safetensors"}, "exits", {"backbone": "carn"},
+                   train=_ENAF_TASK),
         ModelEntry("enaf-srresnet", "enaf", _ENAF.format("SRResNet"), "sr_tile.models.enaf:build",
                    (2, 3, 4), {4: "enaf-srresnet-x4.safetensors"}, "exits",
                    {"backbone": "srresnet"}, train=_ENAF_TASK),
-    )
-}
-
-_ADAFORMER_TASK = "sr_tile.models.adaformer.training:AdaFormerTask"
-_ADAFORMER = ("AdaFormer{}: conv encoder, 6 attention blocks (8x8 windows + 16 global "
-              "prototypes) that halt tokens and windows once a confidence estimator says they "
-              "are restored, conv decoder")
-MODELS.update({
-    entry.name: entry
-    for entry in (
         ModelEntry("adaformer", "adaformer", _ADAFORMER.format(" (paper size, C = D = 64)"),
                    "sr_tile.models.adaformer:build", (2, 3, 4), {}, "tokens",
                    {"variant": "adaformer"}, train=_ADAFORMER_TASK),
@@ -110,30 +111,12 @@ MODELS.update({
                    _ADAFORMER.format("-light (C = D = 48, 2 + 2 residual blocks)"),
                    "sr_tile.models.adaformer:build", (2, 3, 4), {}, "tokens",
                    {"variant": "adaformer-light"}, train=_ADAFORMER_TASK),
-    )
-})
-
-_TADT_TASK = "sr_tile.models.tadt.training:TADTTask"
-_TADT = ("TADT{}: arbitrary scale; a controller picks the attention branches of a multi-scale "
-         "transformer per image and scale, a LIIF upsampler reads any output grid")
-MODELS.update({
-    entry.name: entry
-    for entry in (
         ModelEntry("tadt", "tadt", _TADT.format(" (paper size, N = 8, C = 224)"),
                    "sr_tile.models.tadt:build", (2, 3, 4), {}, "branches",
                    {"variant": "tadt"}, scale_range=(1.0, MAX_SCALE), train=_TADT_TASK),
         ModelEntry("tadt-light", "tadt", _TADT.format("-light (N = 4, C = 64)"),
                    "sr_tile.models.tadt:build", (2, 3, 4), {}, "branches",
                    {"variant": "tadt-light"}, scale_range=(1.0, MAX_SCALE), train=_TADT_TASK),
-    )
-})
-
-_IET_TASK = "sr_tile.models.iet.training:IETTask"
-_IET = ("IET{}: each token attends to its own content-adaptive candidates (dense-local "
-        "sparse-global start, top-k pruning, two-hop expansion)")
-MODELS.update({
-    entry.name: entry
-    for entry in (
         ModelEntry("iet-light", "iet", _IET.format("-light (dim 54, 8 x 3 layers, 3 heads)"),
                    "sr_tile.models.iet:build", (2, 3, 4), {}, kwargs={"variant": "iet-light"},
                    train=_IET_TASK),
@@ -141,7 +124,7 @@ MODELS.update({
                    "sr_tile.models.iet:build", (2, 3, 4), {}, kwargs={"variant": "iet"},
                    train=_IET_TASK),
     )
-})
+}
 
 DEFAULT_MODEL = "enaf-fsrcnn"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 from safetensors.torch import load_file
 
 from sr_tile.bench.datasets import Dataset, scan_folder
+from sr_tile.errors import ConfigError
 from sr_tile.io import probe_size
 from sr_tile.models.checkpoint import read_metadata, save_safetensors
 
@@ -55,3 +57,20 @@ def write_presets(weights: str | Path, calibration: dict[str, Any]) -> None:
     raw["presets"] = json.dumps(calibration["presets"])
     raw["calibration"] = json.dumps({k: v for k, v in calibration.items() if k != "presets"})
     save_safetensors(tensors, path, raw)
+
+
+def start(cfg: Any, weights: Path | None, console: Any
+          ) -> tuple[Path, Callable[..., Any], Callable[[str, int, int], Any]]:
+    """A family's ``finish`` step begins the same way: the weights file it calibrates (the
+    run's export unless given; it must exist), a ``say`` that prints to ``console`` (or
+    nowhere) and an ``on_image(name, k, n)`` progress line."""
+    from rich.markup import escape
+
+    path = Path(weights or cfg.export_path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no weights to calibrate; train first")
+    say = console.print if console is not None else (lambda *a, **k: None)
+    say(f"calibrating presets of {escape(str(path))} on {escape(cfg.data.train_dir)}",
+        highlight=False)
+    return path, say, lambda name, k, n: say(f"calibration image {k}/{n} {escape(name)}",
+                                             highlight=False)

@@ -187,7 +187,8 @@ class TrainTask:
 
     * ``init_model(model, config)``: set up a fresh model (an init scheme the config names);
     * ``param_groups(model, phase, config)``: freeze what the phase does not train; Adam's
-      groups (each with ``base_lr``, which the cosine schedule decays);
+      groups (each with ``base_lr``, which the cosine schedule decays); by default every
+      parameter at the phase's lr;
     * ``prepare_phase(model, phase, config, ctx)``: anything computed before the steps (a
       label pool, an output bias); returns the phase's state, passed back below;
     * ``loss(model, phase, config, state, batch)``: the loss of one step, where ``batch()``
@@ -212,7 +213,11 @@ class TrainTask:
 
     def param_groups(self, model: torch.nn.Module, phase: str,
                      config: PhaseConfig) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        """Default: every parameter trains at ``config.lr``."""
+        params = list(model.parameters())
+        for p in params:
+            p.requires_grad_(True)
+        return [{"params": params, "lr": config.lr, "base_lr": config.lr}]
 
     def prepare_phase(self, model: torch.nn.Module, phase: str, config: PhaseConfig,
                       ctx: PhaseContext) -> Any:

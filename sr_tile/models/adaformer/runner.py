@@ -21,6 +21,7 @@ from sr_tile.routing import RoutingOptions
 from sr_tile.runner import TileRunner
 from sr_tile.tiler import TileConfig, TilePlan, TileWindow
 
+
 class HaltingRunner(TileRunner):
     """Runs AdaFormer with token and window halting at the preset's ``eps``."""
 

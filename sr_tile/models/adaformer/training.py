@@ -37,10 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
-from sr_tile.errors import ConfigError
 from sr_tile.metrics import psnr_y
 from sr_tile.models.adaformer.model import AdaFormer
 from sr_tile.train.config import PhaseConfig, PhasesConfig, invalid
@@ -132,13 +130,6 @@ class AdaFormerTask(TrainTask):
     configs = {"light": "adaformer_light.yaml", "adaformer": "adaformer.yaml"}
     default_variant = "light"
 
-    def param_groups(self, model: torch.nn.Module, phase: str,
-                     config: PhaseConfig) -> list[dict[str, Any]]:
-        params = list(model.parameters())
-        for p in params:
-            p.requires_grad_(True)
-        return [{"params": params, "lr": config.lr, "base_lr": config.lr}]
-
     def loss(self, model: torch.nn.Module, phase: str, config: PhaseConfig, state: Any,
              batch: Callable[[], tuple[torch.Tensor, torch.Tensor]], step: int,
              generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -165,17 +156,11 @@ class AdaFormerTask(TrainTask):
         """After export (or ``--phase calibrate``): eps_h of the L/M/S presets, calibrated on
         training images against the dense network and written into the weights file."""
         from sr_tile.models.adaformer.calibrate import calibrate
-        from sr_tile.train.calibration import write_presets
+        from sr_tile.train.calibration import start, write_presets
 
-        weights = Path(weights or cfg.export_path)
-        if not weights.is_file():
-            raise ConfigError(f"{weights}: no weights to calibrate; train first")
-        say = console.print if console is not None else (lambda *a, **k: None)
-        say(f"calibrating presets of {escape(str(weights))} on {escape(cfg.data.train_dir)}",
-            highlight=False)
+        weights, _, on_image = start(cfg, weights, console)
         result = calibrate(cfg.model, weights, cfg.data.train_dir, scale=cfg.scale,
-                           on_image=lambda name, k, n: say(f"calibration image {k}/{n} "
-                                                           f"{escape(name)}", highlight=False))
+                           on_image=on_image)
         write_presets(weights, result)
         table = Table(title=f"presets of {weights.name} (loss vs dense, "
                             f"{len(result['images'])} training images)", title_justify="left")

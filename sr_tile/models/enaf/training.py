@@ -28,7 +28,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 from safetensors import safe_open
 
@@ -40,8 +39,14 @@ from sr_tile.models.enaf.multiexit import MultiExitSR
 from sr_tile.models.layers import small_init_
 from sr_tile.train.config import PhaseConfig, PhasesConfig, invalid
 from sr_tile.train.data import PatchSampler, ValSet, step_generator
-from sr_tile.train.engine import (JsonlLog, PhaseContext, StopFlag, TrainingInterrupted,
-                                  TrainTask, _Display)
+from sr_tile.train.engine import (
+    JsonlLog,
+    PhaseContext,
+    StopFlag,
+    TrainingInterrupted,
+    TrainTask,
+    _Display,
+)
 from sr_tile.train.state import RunDir
 
 __all__ = [
@@ -479,18 +484,12 @@ class EnafTask(TrainTask):
 def calibrate_presets(cfg: Any, weights: Path | None, console: Console | None) -> Table:
     """Find the L/M/S presets on training images, store them in the weights file; the table
     of the settings that no other beats on both loss and FLOPs."""
-    from sr_tile.models.enaf.calibrate import calibrate, write_presets
+    from sr_tile.models.enaf.calibrate import calibrate
+    from sr_tile.train.calibration import start, write_presets
 
-    weights = Path(weights or cfg.export or Path(cfg.run_dir) / f"{cfg.model}-x{cfg.scale}"
-                   ".safetensors")
-    if not weights.is_file():
-        raise ConfigError(f"{weights}: no weights to calibrate; train first")
-    say = console.print if console is not None else (lambda *a, **k: None)
-    say(f"calibrating presets of {escape(str(weights))} on {escape(cfg.data.train_dir)}",
-        highlight=False)
+    weights, _, on_image = start(cfg, weights, console)
     result = calibrate(cfg.model, weights, cfg.data.train_dir, scale=cfg.scale,
-                       on_image=lambda name, k, n: say(f"calibration image {k}/{n} "
-                                                       f"{escape(name)}", highlight=False))
+                       on_image=on_image)
     write_presets(weights, result)
     rows = result["table"]
     front, best = [], math.inf  # cheapest first; a row stays if it loses less than all cheaper

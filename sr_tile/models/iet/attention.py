@@ -23,36 +23,31 @@ def _chunk(n: int, k: int, channels: int, itemsize: int) -> int:
     return max(1, min(n, GATHER_BYTES // max(1, k * channels * itemsize)))
 
 
+def _gathered(values: torch.Tensor, index: torch.Tensor):
+    """Chunks of tokens and their candidates' rows: yields (token slice, (B, n, k, H, d))."""
+    b, n, h, d = values.shape
+    flat = values.reshape(b, n, h * d)
+    safe = index.clamp(min=0)
+    batch = torch.arange(b, device=values.device)[:, None, None]
+    step = _chunk(n, index.shape[-1], h * d, values.element_size())
+    for s in range(0, n, step):
+        part = slice(s, s + step)
+        yield part, flat[batch, safe[:, part]].view(b, -1, index.shape[-1], h, d)
+
+
 def qmk(q: torch.Tensor, k: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """(B, N, H, d) queries, (B, N, H, d) keys, (B, N, k) candidates -> (B, H, N, k) scores;
     -inf where the index is -1."""
-    b, n, h, d = q.shape
-    valid = index >= 0
-    safe = index.clamp(min=0)
-    flat = k.reshape(b, n, h * d)
-    batch = torch.arange(b, device=q.device)[:, None, None]
-    step = _chunk(n, index.shape[-1], h * d, k.element_size())
-    parts = []
-    for s in range(0, n, step):
-        rows = flat[batch, safe[:, s:s + step]].view(b, -1, index.shape[-1], h, d)
-        parts.append(torch.einsum("bnhd,bnkhd->bhnk", q[:, s:s + step], rows))
-    scores = torch.cat(parts, dim=2)
-    return scores.masked_fill(~valid[:, None], float("-inf"))
+    scores = torch.cat([torch.einsum("bnhd,bnkhd->bhnk", q[:, part], rows)
+                        for part, rows in _gathered(k, index)], dim=2)
+    return scores.masked_fill(~(index >= 0)[:, None], float("-inf"))
 
 
 def amv(attn: torch.Tensor, v: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """(B, H, N, k) weights, (B, N, H, d) values, (B, N, k) candidates -> (B, N, H, d)."""
-    b, n, h, d = v.shape
     weights = attn.masked_fill(~(index >= 0)[:, None], 0.0)
-    safe = index.clamp(min=0)
-    flat = v.reshape(b, n, h * d)
-    batch = torch.arange(b, device=v.device)[:, None, None]
-    step = _chunk(n, index.shape[-1], h * d, v.element_size())
-    parts = []
-    for s in range(0, n, step):
-        rows = flat[batch, safe[:, s:s + step]].view(b, -1, index.shape[-1], h, d)
-        parts.append(torch.einsum("bhnk,bnkhd->bnhd", weights[:, :, s:s + step], rows))
-    return torch.cat(parts, dim=1)
+    return torch.cat([torch.einsum("bhnk,bnkhd->bnhd", weights[:, :, part], rows)
+                      for part, rows in _gathered(v, index)], dim=1)
 
 
 def dlsg_offsets(dense: int = 8, sparse: int = 12, dilation: int = 3

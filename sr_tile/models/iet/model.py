@@ -17,7 +17,7 @@ linear(x_sim)``, a depthwise 3x3 conv added, GELU, ``fc2``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F

@@ -61,13 +61,6 @@ class IETTask(TrainTask):
     configs = {"light": "iet_light.yaml"}
     default_variant = "light"
 
-    def param_groups(self, model: torch.nn.Module, phase: str,
-                     config: PhaseConfig) -> list[dict[str, Any]]:
-        params = list(model.parameters())
-        for p in params:
-            p.requires_grad_(True)
-        return [{"params": params, "lr": config.lr, "base_lr": config.lr}]
-
     def prepare_phase(self, model: torch.nn.Module, phase: str, config: PhaseConfig,
                       ctx: PhaseContext) -> int:
         return model.config.dilation  # the inference dilation, restored for evaluation
