@@ -60,11 +60,14 @@ def test_chunked_gathers_give_the_same_numbers(monkeypatch):
 
 
 def test_dlsg_candidates():
-    offsets = iea.dlsg_offsets(8, 12, 3)
+    offsets, ids = iea.dlsg_offsets(8, 12, 3)
     assert offsets.shape == (889, 2) and offsets[0].tolist() == [0, 0]
     assert len({tuple(o) for o in offsets.tolist()}) == 889  # no duplicates
     assert offsets.abs().max() == 36  # the reach: 12 patches of 3 px
-    index = iea.dlsg_index(5, 7, iea.dlsg_offsets(1, 2, 2))
+    assert len(set(ids.tolist())) == 889 and int(ids.max()) < iea.bias_table_size(8, 12)
+    _, ids2 = iea.dlsg_offsets(8, 12, 2)  # at d = 2 more grid cells fall inside the window
+    assert set(ids2.tolist()) - set(range(289)) < set(ids.tolist()) - set(range(289))
+    index = iea.dlsg_index(5, 7, iea.dlsg_offsets(1, 2, 2)[0])
     assert index.shape == (35, 9 + 24)  # the 5x5 grid at dilation 2 less its centre
     assert index[0, 0] == 0 and (index[0] == -1).sum() > 0  # the corner loses the outside
     assert index[17].tolist()[:9] == [17, 9, 10, 11, 16, 18, 23, 24, 25]  # 3x3 around (2, 3)
@@ -101,7 +104,7 @@ def test_model_candidates_shrink_and_expand_as_configured():
 
     model = build(variant="iet-light")
     counts = model.candidate_counts()
-    assert counts[0] == (889, 256)  # DLSG, then the first layer keeps 256
+    assert counts[0] == counts[2] == (889, 889)  # the first group computes every offset
     assert counts[3] == (320, 128)  # group 1 starts from group 0's expanded list
     assert len(counts) == 24 and all(kept <= scored for scored, kept in counts)
     model.set_dilation(2)
@@ -156,3 +159,20 @@ def test_a_tiny_training_run_lowers_the_loss_and_the_weights_load(tmp_path):
     x = torch.rand(1, 3, 12, 12)
     with torch.no_grad():
         assert torch.equal(loaded(x), result.model.eval()(x))
+
+
+def test_offset_products_equal_the_gathers():
+    torch.manual_seed(4)
+    h, w = 6, 7
+    offsets, _ = iea.dlsg_offsets(1, 2, 2)
+    index = iea.dlsg_index(h, w, offsets)[None].expand(2, -1, -1).clone()
+    index[:, ::3, 5] = -1  # some pruned entries too
+    q, k, v = (torch.randn(2, h * w, 3, 4) for _ in range(3))
+    valid = index >= 0
+    got = iea.qmk_offsets(q, k, offsets, h, w, valid)
+    want = iea.qmk(q, k, index)
+    assert torch.equal(torch.isinf(got), torch.isinf(want))
+    assert torch.allclose(got[~torch.isinf(got)], want[~torch.isinf(want)], atol=1e-5)
+    attn = want.softmax(dim=-1)
+    assert torch.allclose(iea.amv_offsets(attn, v, offsets, h, w, valid),
+                          iea.amv(attn, v, index), atol=1e-5)

@@ -51,21 +51,33 @@ def amv(attn: torch.Tensor, v: torch.Tensor, index: torch.Tensor) -> torch.Tenso
 
 
 def dlsg_offsets(dense: int = 8, sparse: int = 12, dilation: int = 3
-                 ) -> torch.Tensor:
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """DLSG's candidate offsets (k, 2) as (dy, dx): the dense (2*dense+1)^2 window, then one
     token per ``dilation`` x ``dilation`` patch of a (2*sparse+1)^2 grid of patches around
     the token (the patch centres), without the ones the dense window already has. The public
     code's default (8, 12, 3) is a 17x17 window plus a 25x25 grid at dilation 3: 889
     distinct offsets (its 914 count the 25 shared ones twice). The dense window comes first,
-    the token itself first of all."""
+    the token itself first of all.
+
+    Also each offset's id in a position-bias table of (2*dense+1)^2 + (2*sparse+1)^2 entries:
+    a dense offset by (dy, dx), a sparse one by its patch's place in the grid, so that a bias
+    learnt at one dilation (the paper trains with 2) applies at another (it infers with 3)."""
+    side, grid_side = 2 * dense + 1, 2 * sparse + 1
     r = torch.arange(-dense, dense + 1)
     near = torch.stack(torch.meshgrid(r, r, indexing="ij"), -1).reshape(-1, 2)
-    near = torch.cat([torch.zeros(1, 2, dtype=torch.long),
-                      near[(near != 0).any(dim=1)]])
-    g = torch.arange(-sparse, sparse + 1) * dilation
-    far = torch.stack(torch.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
-    far = far[(far.abs() > dense).any(dim=1)]
-    return torch.cat([near, far])
+    near = torch.cat([torch.zeros(1, 2, dtype=torch.long), near[(near != 0).any(dim=1)]])
+    g = torch.arange(-sparse, sparse + 1)
+    cells = torch.stack(torch.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+    far_mask = (cells * dilation).abs().gt(dense).any(dim=1)
+    cells = cells[far_mask]
+    offsets = torch.cat([near, cells * dilation])
+    ids = torch.cat([(near[:, 0] + dense) * side + near[:, 1] + dense,
+                     side * side + (cells[:, 0] + sparse) * grid_side + cells[:, 1] + sparse])
+    return offsets, ids
+
+
+def bias_table_size(dense: int, sparse: int) -> int:
+    return (2 * dense + 1) ** 2 + (2 * sparse + 1) ** 2
 
 
 def dlsg_index(height: int, width: int, offsets: torch.Tensor,
@@ -89,6 +101,26 @@ def sparsify(attn: torch.Tensor, index: torch.Tensor, keep: int
     cols = score.topk(keep, dim=-1).indices
     kept = attn.gather(3, cols[:, None].expand(-1, attn.shape[1], -1, -1))
     return kept, index.gather(2, cols), cols
+
+
+def prune(attn: torch.Tensor, index: torch.Tensor, keep: int) -> torch.Tensor:
+    """``sparsify`` that keeps the layout: the columns outside each token's top ``keep``
+    become -1 (the first group's offset layout stays aligned with its offsets)."""
+    score = attn.mean(dim=1).masked_fill(index < 0, float("-inf"))
+    cols = score.topk(min(keep, index.shape[-1]), dim=-1).indices
+    kept = torch.zeros_like(index, dtype=torch.bool).scatter_(-1, cols, True)
+    return index.masked_fill(~kept | (index < 0), -1)
+
+
+def most_similar(attn: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(B, N) each token's candidate of highest attention (heads' mean) other than itself; the
+    token itself when it has none."""
+    tokens = torch.arange(index.shape[1], device=index.device)[None, :, None]
+    score = attn.mean(dim=1).masked_fill((index < 0) | (index == tokens), float("-inf"))
+    best = score.argmax(dim=-1, keepdim=True)
+    pick = index.gather(-1, best)[..., 0]
+    found = torch.isfinite(score.gather(-1, best)[..., 0])
+    return torch.where(found, pick, tokens[..., 0].expand_as(pick))
 
 
 def expand(attn: torch.Tensor, index: torch.Tensor, k1: int, k2: int, width: int
@@ -127,3 +159,48 @@ def dedup(index: torch.Tensor, width: int) -> torch.Tensor:
     if k < width:
         out = torch.cat([out, out.new_full((b, n, width - k), -1)], dim=-1)
     return out[..., :width]
+
+
+# ---------------------------------------------------------------- the first group's fast path
+# While the candidates are DLSG offsets (the first group, before any expansion), the products
+# need no gather: for each offset, q times the key map shifted by it, summed over channels.
+# Every offset is computed and the pruned ones masked, which on this CPU is still ~10x faster
+# than gathering a quarter of them (memory traffic, not arithmetic, bounds the gathers).
+
+
+def _shifted(values: torch.Tensor, height: int, width: int, reach: int) -> torch.Tensor:
+    """(B, N, H, d) -> (B, h + 2r, w + 2r, H, d) zero-padded maps to slice shifts from."""
+    b, _, h, d = values.shape
+    grid = values.view(b, height, width, h, d)
+    return torch.nn.functional.pad(grid, (0, 0, 0, 0, reach, reach, reach, reach))
+
+
+def qmk_offsets(q: torch.Tensor, k: torch.Tensor, offsets: torch.Tensor, height: int,
+                width: int, valid: torch.Tensor) -> torch.Tensor:
+    """``qmk`` for candidates at fixed ``offsets`` (K, 2) of every token of a height x width
+    tile: (B, H, N, K) scores, -inf where ``valid`` (B, N, K) is False. One product per offset
+    with a shifted view of the keys (no copy); grouping offsets by row shift and gathering
+    their columns instead was 2-3x slower here (the gather's copy again)."""
+    b, n, h, d = q.shape
+    r = int(offsets.abs().max())
+    padded = _shifted(k, height, width, r)
+    grid = q.view(b, height, width, h, d)
+    cols = [(grid * padded[:, r + dy:r + dy + height, r + dx:r + dx + width]).sum(-1)
+            for dy, dx in offsets.tolist()]
+    scores = torch.stack(cols, dim=-1).view(b, n, h, -1).transpose(1, 2)
+    return scores.masked_fill(~valid[:, None], float("-inf"))
+
+
+def amv_offsets(attn: torch.Tensor, v: torch.Tensor, offsets: torch.Tensor, height: int,
+                width: int, valid: torch.Tensor) -> torch.Tensor:
+    """``amv`` for candidates at fixed ``offsets``: (B, H, N, K) weights -> (B, N, H, d)."""
+    b, n, h, d = v.shape
+    r = int(offsets.abs().max())
+    padded = _shifted(v, height, width, r)
+    weights = attn.masked_fill(~valid[:, None], 0.0).transpose(1, 2).reshape(
+        b, height, width, h, -1)
+    out = torch.zeros(b, height, width, h, d, dtype=v.dtype, device=v.device)
+    for j, (dy, dx) in enumerate(offsets.tolist()):
+        out = out + weights[..., j, None] * padded[:, r + dy:r + dy + height,
+                                                   r + dx:r + dx + width]
+    return out.view(b, n, h, d)

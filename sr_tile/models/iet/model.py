@@ -68,14 +68,18 @@ class IETConfig:
 
 @dataclass
 class Candidates:
-    """The candidate list of every token of a batch of tiles, and (first group only) the
-    DLSG offset id of each entry, for the position bias."""
+    """Every token's candidates (B, N, k), -1 = none. ``dense``: the columns are the model's
+    DLSG offsets in order (the first group, before expansion), so the products take the
+    shift path (``attention.qmk_offsets``) and a position bias per offset applies."""
 
-    index: torch.Tensor  # (B, N, k), -1 = none
-    offset: torch.Tensor | None = None  # (B, N, k) ids into the DLSG offsets
+    index: torch.Tensor
+    dense: bool = False
 
 
 class IEALayer(nn.Module):
+    """One IEA layer and its SF-FFN; ``bias_offsets``: the size of the first group's position
+    bias table (None: LePE, the later groups)."""
+
     def __init__(self, cfg: IETConfig, *, bias_offsets: int | None) -> None:
         super().__init__()
         self.heads = cfg.heads
@@ -94,37 +98,40 @@ class IEALayer(nn.Module):
         self.fc2 = nn.Linear(hidden, cfg.dim)
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int], cand: Candidates, keep: int,
-                expansion: tuple[int, int, int] | None) -> tuple[torch.Tensor, Candidates]:
+                expansion: tuple[int, int, int] | None, offsets: torch.Tensor,
+                bias_ids: torch.Tensor) -> tuple[torch.Tensor, Candidates]:
         """``x`` (B, N, C) tokens of (h, w) tiles -> updated tokens and the next candidates."""
         b, n, c = x.shape
         h, w = hw
         q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, -1).unbind(2)
-        scores = iea.qmk(q, k, cand.index) / math.sqrt(q.shape[-1])
-        if self.bias is not None and cand.offset is not None:
-            scores = scores + self.bias[:, cand.offset.clamp(min=0)].permute(1, 0, 2, 3)
-        attn = scores.softmax(dim=-1)
-        kept, index, cols = iea.sparsify(attn, cand.index, keep)
-        out = iea.amv(kept, v, index).reshape(b, n, c)
+        if cand.dense:
+            scores = iea.qmk_offsets(q, k, offsets, h, w, cand.index >= 0)
+            scores = scores / math.sqrt(q.shape[-1]) + self.bias[None, :, None, bias_ids]
+            attn = scores.softmax(dim=-1)
+            index = iea.prune(attn, cand.index, keep)
+            out = iea.amv_offsets(attn, v, offsets, h, w, index >= 0)
+            nxt = Candidates(index, dense=True)
+        else:
+            attn = (iea.qmk(q, k, cand.index) / math.sqrt(q.shape[-1])).softmax(dim=-1)
+            attn, index, _ = iea.sparsify(attn, cand.index, keep)
+            out = iea.amv(attn, v, index)
+            nxt = Candidates(index)
+        out = out.reshape(b, n, c)
         if self.lepe is not None:
             vmap = v.reshape(b, h, w, c).permute(0, 3, 1, 2)
             out = out + self.lepe(vmap).permute(0, 2, 3, 1).reshape(b, n, c)
         x = x + self.proj(out)
-        offset = cand.offset.gather(2, cols) if cand.offset is not None else None
-        nxt = Candidates(index, offset)
+        best = iea.most_similar(attn, nxt.index)
         if expansion is not None:
             k1, k2, width = expansion
-            nxt = Candidates(iea.expand(kept, index, k1, k2, width))
-        return x + self._ffn(self.norm2(x), hw, nxt.index), nxt
+            if nxt.dense:
+                attn, index, _ = iea.sparsify(attn, nxt.index, keep)
+            nxt = Candidates(iea.expand(attn, index, k1, k2, width))
+        return x + self._ffn(self.norm2(x), hw, best), nxt
 
-    def _ffn(self, x: torch.Tensor, hw: tuple[int, int], index: torch.Tensor) -> torch.Tensor:
-        """SF-FFN: each token with its most similar other candidate."""
+    def _ffn(self, x: torch.Tensor, hw: tuple[int, int], best: torch.Tensor) -> torch.Tensor:
+        """SF-FFN: each token fused with its most similar candidate ``best`` (B, N)."""
         b, n, _ = x.shape
-        tokens = torch.arange(n, device=x.device)[None, :, None]
-        other = index.masked_fill(index == tokens, -1)
-        first = torch.where(other >= 0, torch.arange(other.shape[-1], device=x.device),
-                            other.shape[-1]).argmin(dim=-1)  # the first valid other entry
-        best = other.gather(2, first[..., None])[..., 0]
-        best = torch.where(best >= 0, best, tokens[..., 0])  # none: itself
         sim = x[torch.arange(b, device=x.device)[:, None], best]
         y = self.fc1(x) + self.fc_sim(sim.transpose(1, 2)).transpose(1, 2)
         h, w = hw
@@ -148,11 +155,12 @@ class IET(nn.Module):
         super().__init__()
         self.config = cfg
         self.scale = cfg.scale
-        self.register_buffer("offsets", iea.dlsg_offsets(cfg.dense, cfg.sparse, cfg.dilation),
-                             persistent=False)
+        offsets, bias_ids = iea.dlsg_offsets(cfg.dense, cfg.sparse, cfg.dilation)
+        self.register_buffer("offsets", offsets, persistent=False)
+        self.register_buffer("bias_ids", bias_ids, persistent=False)
         self.conv_first = nn.Conv2d(3, cfg.dim, 3, padding=1)
-        self.groups = nn.ModuleList(IETGroup(cfg, g, len(self.offsets))
-                                    for g in range(cfg.groups))
+        table = iea.bias_table_size(cfg.dense, cfg.sparse)
+        self.groups = nn.ModuleList(IETGroup(cfg, g, table) for g in range(cfg.groups))
         self.conv_after = nn.Conv2d(cfg.dim, cfg.dim, 3, padding=1)
         self.upsample = zero_init_(nn.Conv2d(cfg.dim, 3 * cfg.scale ** 2, 3, padding=1))
         self.shuffle = nn.PixelShuffle(cfg.scale)
@@ -164,36 +172,37 @@ class IET(nn.Module):
 
     def set_dilation(self, dilation: int) -> None:
         """DLSG's d at inference (the offsets change, the weights do not)."""
-        self.offsets = iea.dlsg_offsets(self.config.dense, self.config.sparse, dilation).to(
-            self.offsets.device)
+        offsets, ids = iea.dlsg_offsets(self.config.dense, self.config.sparse, dilation)
+        self.offsets, self.bias_ids = offsets.to(self.offsets.device), ids.to(self.offsets.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         b, _, h, w = x.shape
         feat = self.conv_first(x)
-        index = iea.dlsg_index(h, w, self.offsets, x.device)[None].expand(b, -1, -1)
-        offset = torch.arange(len(self.offsets), device=x.device).expand_as(index)
-        cand = Candidates(index, offset)
+        cand = Candidates(iea.dlsg_index(h, w, self.offsets, x.device)[None].expand(b, -1, -1),
+                          dense=True)
         t = feat
         for g, group in enumerate(self.groups):
             tokens = t.flatten(2).transpose(1, 2)
             for j, layer in enumerate(group.layers):
                 last = j == cfg.layers - 1 and g < len(cfg.k1)
                 expansion = (cfg.k1[g], cfg.k2[g], cfg.width[g]) if last else None
-                tokens, cand = layer(tokens, (h, w), cand, cfg.keep[g][j], expansion)
+                tokens, cand = layer(tokens, (h, w), cand, cfg.keep[g][j], expansion,
+                                     self.offsets, self.bias_ids)
             t = t + group.conv(tokens.transpose(1, 2).reshape(b, cfg.dim, h, w))
         feat = feat + self.conv_after(t)
         return self.shuffle(self.upsample(feat)) + bicubic(x, cfg.scale)
 
     # ------------------------------------------------------------------ FLOPs (classsr)
     def candidate_counts(self) -> list[tuple[int, int]]:
-        """Per layer in order, (candidates scored, candidates kept)."""
+        """Per layer in order, (candidates scored, candidates weighted) as computed: the first
+        group's shift path computes every DLSG offset for both products."""
         cfg = self.config
         counts, incoming = [], len(self.offsets)
         for g in range(cfg.groups):
             for j in range(cfg.layers):
                 keep = min(cfg.keep[g][j], incoming)
-                counts.append((incoming, keep))
+                counts.append((len(self.offsets),) * 2 if g == 0 else (incoming, keep))
                 incoming = keep
                 if j == cfg.layers - 1 and g < len(cfg.k1):
                     incoming = cfg.width[g]
