@@ -32,7 +32,7 @@ from sr_tile.io import (
     write_image,
 )
 from sr_tile.models import DEFAULT_MODEL, create_model
-from sr_tile.models.descriptor import Routing
+from sr_tile.models.descriptor import ModelDescriptor, Routing
 from sr_tile.routing import RoutingOptions
 from sr_tile.runner import FLOPS_CONVENTION, TileRunner, make_runner
 from sr_tile.tiler import TileConfig, output_length, tiled_upscale
@@ -134,6 +134,17 @@ class Cancelled(Exception):
     """A job stopped before its next band because its batch was interrupted."""
 
 
+def scale_notes(descriptor: ModelDescriptor) -> list[str]:
+    """A model asked for a scale outside the ones it was trained on says so."""
+    if descriptor.trained_scales is None:
+        return []
+    low, high = descriptor.trained_scales
+    if low <= descriptor.scale <= high:
+        return []
+    return [f"{descriptor.name} was trained on scales x{low:g} to x{high:g}; at "
+            f"x{descriptor.scale:g} its quality is out of distribution"]
+
+
 def _with_constant_alpha(bands: Iterator[np.ndarray], value) -> Iterator[np.ndarray]:
     for band in bands:
         alpha = np.full(band.shape[:2] + (1,), value, dtype=band.dtype)
@@ -164,6 +175,7 @@ class Upscaler:
             fit=options.tile is None and not self.routed,
         )
         self.runner: TileRunner = self.new_runner()
+        self.notes = scale_notes(d)  # said once per run by the CLI
         # Jobs run in threads (``sr_tile.batch``) share the model: one computes at a time.
         self._compute = threading.Lock()
 

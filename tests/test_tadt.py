@@ -213,3 +213,22 @@ def test_both_phases_train_and_the_weights_load(folders, tmp_path):
         trained = result.model.eval()
         trained.scale = 2.5
         assert torch.equal(loaded(x), trained(x))
+
+
+def test_scales_past_training_say_so_once(tmp_path, small_png):
+    from typer.testing import CliRunner
+
+    from sr_tile.cli import app
+    from sr_tile.models.checkpoint import save_weights
+
+    weights = save_weights(_model(scale=4), tmp_path / "w.safetensors", name=NAME, scale=4)
+    for scale, noted in (("2.5", False), ("7.3", True)):
+        result = CliRunner().invoke(app, ["upscale", str(small_png), "-m", NAME, "--weights",
+                                          str(weights), "-s", scale, "-o",
+                                          str(tmp_path / f"x{scale}.png")])
+        assert result.exit_code == 0, result.output
+        assert ("out of distribution" in result.output) == noted
+    from PIL import Image
+
+    with Image.open(tmp_path / "x7.3.png") as im:  # 48 x 40 in: round half up of 7.3x
+        assert im.size == (350, 292)

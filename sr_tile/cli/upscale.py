@@ -229,6 +229,8 @@ def upscale(
     stop: BaseException | None = None
     try:
         upscaler = Upscaler(options)
+        for note in upscaler.notes:
+            warning_line(note)
         with progress_for(len(plan.jobs)) as bar:
             reports.extend(run_jobs(
                 upscaler, plan.jobs, in_flight=pipeline or default_in_flight(upscaler),

@@ -44,6 +44,8 @@ class ModelDescriptor:
         default_overlap: LR overlap between neighbouring tiles by default.
         routing: how compute is routed per patch.
         flops_note: how the FLOPs of this model are counted, shown in reports.
+        trained_scales: (low, high) the scales a model of any scale was trained on; asked for
+            another, a run says its quality is out of distribution. None: no such range.
     """
 
     name: str
@@ -57,6 +59,7 @@ class ModelDescriptor:
     static_tile: int | None = None
     routing: Routing = Routing.NONE
     flops_note: str = ""
+    trained_scales: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.default_overlap <= 2 * self.margin:

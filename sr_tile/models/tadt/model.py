@@ -199,7 +199,7 @@ class TADT(nn.Module):
         self.descriptor = ModelDescriptor(
             name=name, scale=cfg.scale, size_multiple=m, margin=8, exact_tiling=False,
             default_tile=-(-128 // m) * m, default_overlap=32,
-            routing=Routing.BRANCHES,
+            routing=Routing.BRANCHES, trained_scales=TRAIN_SCALES,
             flops_note="classsr: 2x MACs of conv/linear layers and attention matmuls; "
                        f"{cfg.upsampler} per output pixel; routed rows include TARC")
 
