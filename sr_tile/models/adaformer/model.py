@@ -320,13 +320,12 @@ class AdaFormer(nn.Module):
         score = tokens.new_zeros(b, h, w)
         depth = torch.zeros(b, h, w, dtype=torch.uint8)
         flat = tokens.reshape(b * h * w, d).clone()  # the tokens, updated in place
-        # token id -> (window id, slot in the window), for reading local outputs per token
+        # token id (row-major) -> its window and its slot there, and the window-major order
         ids = torch.arange(b * h * w).view(b, nwy, s, nwx, s)
-        win_of = torch.arange(b * nwy * nwx).view(b, nwy, 1, nwx, 1).expand_as(ids)
+        win_of = torch.arange(b * nwy * nwx).view(b, nwy, 1, nwx, 1).expand_as(ids).reshape(-1)
         slot_of = (torch.arange(s)[:, None] * s + torch.arange(s)).view(1, 1, s, 1, s)
-        token_order = ids.permute(0, 1, 3, 2, 4).reshape(-1)  # window-major token ids
-        win_of = win_of.reshape(-1)[torch.argsort(ids.reshape(-1))]
-        slot_of = slot_of.expand_as(ids).reshape(-1)[torch.argsort(ids.reshape(-1))]
+        slot_of = slot_of.expand_as(ids).reshape(-1)
+        token_order = ids.permute(0, 1, 3, 2, 4).reshape(-1)
         device = x.device
         win_of, slot_of, token_order = win_of.to(device), slot_of.to(device), token_order.to(device)
         per_window = (s + 2) ** 2  # conv1 outputs a windowed read computes
