@@ -165,8 +165,10 @@ class IET(nn.Module):
         self.upsample = zero_init_(nn.Conv2d(cfg.dim, 3 * cfg.scale ** 2, 3, padding=1))
         self.shuffle = nn.PixelShuffle(cfg.scale)
         self.descriptor = ModelDescriptor(
-            name=name, scale=cfg.scale, margin=4, exact_tiling=False, default_tile=96,
-            default_overlap=2 * cfg.reach, routing=Routing.NONE,
+            # the overlap covers DLSG's reach (36 px at d = 3), so that a token an owned
+            # output depends on finds its first-layer candidates inside the tile
+            name=name, scale=cfg.scale, margin=16, exact_tiling=False, default_tile=192,
+            default_overlap=cfg.reach + 4, routing=Routing.NONE,
             flops_note="classsr: 2x MACs of conv/linear layers and of the candidate products "
                        "(every candidate gathered counts, -1 padding too)")
 
