@@ -23,7 +23,8 @@ _FAMILY_HELP = "Model family to train: " + ", ".join(sorted(  # from the registr
     {entry.family for entry in MODELS.values() if entry.train is not None})) + "."
 _PHASE_HELP = ("Phases to run: all, or one of the family's (ENAF: backbone, exits, estimator, "
                "and calibrate, its presets on the smallest training images; all ends with it. "
-               "AdaFormer: train, then calibrate, its eps_h presets).")
+               "AdaFormer: train, then calibrate, its eps_h presets; TADT: baseline, tadt; "
+               "IET: train).")
 
 
 def _command_line(family: str, options: list[tuple[str, Any]], sets: list[str]) -> str:
@@ -54,7 +55,8 @@ def train(
     family: Annotated[str, typer.Argument(help=_FAMILY_HELP)],
     backbone: Annotated[Optional[str], typer.Option(
         "--backbone", "-b", help="The family's packaged config to use (ENAF: fsrcnn (default), carn "
-                                 "or srresnet; AdaFormer: light (default) or adaformer).")] = None,
+                                 "or srresnet; AdaFormer and TADT: light (default) or the "
+                                 "paper's size, adaformer / tadt; IET: light).")] = None,
     config: Annotated[Optional[Path], typer.Option(
         "--config", "-c", help="YAML config (default: the packaged one of --backbone).")] = None,
     phase: Annotated[str, typer.Option(help=_PHASE_HELP)] = "all",
