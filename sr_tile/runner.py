@@ -56,7 +56,12 @@ class TileRunner:
         self.tile_flops(*tiling.tile_shape(image.shape[0], image.shape[1]))
 
     def tile_flops(self, height: int, width: int) -> int:
-        """classsr FLOPs of the network on one ``height x width`` tile (linear in the batch)."""
+        """classsr FLOPs of the network on one ``height x width`` tile (linear in the batch):
+        the model's own ``tile_flops(height, width)`` when it has one (an analytic count, no
+        pass of the network), else counted once per shape."""
+        own = getattr(self.model, "tile_flops", None)
+        if own is not None:
+            return int(own(height, width))
         return flops_cached(self.model, (1, 3, height, width), FLOPS_CONVENTION)
 
     def extras(self) -> dict[str, Any]:

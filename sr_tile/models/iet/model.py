@@ -211,11 +211,17 @@ class IET(nn.Module):
         return counts
 
     def flops(self, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
-        """The ``sr_tile.flops`` protocol: convs, linears and the candidate products (qmk and
-        amv over every listed candidate, padding included: the gathers compute them)."""
-        cfg = self.config
+        """The ``sr_tile.flops`` protocol (see :meth:`tile_flops`)."""
         b, _, h, w = inputs[0].shape
-        n, c = b * h * w, cfg.dim
+        return b * self.tile_flops(h, w)
+
+    def tile_flops(self, height: int, width: int) -> int:
+        """classsr FLOPs of one tile, counted from the config (the runner uses this instead of
+        a counting pass, which IET's data-dependent candidates would make a real forward):
+        convs, linears and the candidate products (qmk and amv over every listed candidate,
+        padding included: the gathers compute them)."""
+        cfg = self.config
+        n, c = height * width, cfg.dim
         hidden = int(round(c * cfg.mlp_ratio))
         per_layer = (2 * c * 3 * c + 2 * c * c + 2 * c * hidden + 2 * (c // cfg.heads) * hidden
                      + 2 * 9 * hidden + 2 * hidden * c)
