@@ -37,3 +37,12 @@ class RoutingOptions:
         if self.path is not None and self.path < 0:
             raise UsageError(f"path must be >= 0, got {self.path}")
 
+    def refuse(self, why: str, *, keep: tuple[str, ...] = ()) -> None:
+        """UsageError naming the first option set that a family does not take (``keep``: the
+        flags it does take), followed by ``why``."""
+        given = [flag for flag, value in (("--eta", self.eta), ("--gamma", self.gamma),
+                                          ("--budget", self.budget), ("--preset", self.preset),
+                                          ("a fixed path", self.path))
+                 if value is not None and flag not in keep]
+        if given:
+            raise UsageError(f"{given[0]}: {why}")

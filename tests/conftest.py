@@ -40,3 +40,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def image_folders(root: Path, side: int) -> dict[str, Path]:
+    """Training and val folders of real photos for tiny training runs: two side x side train
+    crops, one 128 x 128 val crop."""
+    from skimage import data
+
+    train, val = root / "train", root / "val"
+    train.mkdir()
+    val.mkdir()
+    Image.fromarray(data.astronaut()[:side, 100:100 + side]).save(train / "astronaut.png")
+    Image.fromarray(data.coffee()[100:100 + side, 200:200 + side]).save(train / "coffee.png")
+    Image.fromarray(data.astronaut()[256:384, 256:384]).save(val / "astronaut-val.png")
+    return {"root": root, "train": train, "val": val}

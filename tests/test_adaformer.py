@@ -21,6 +21,7 @@ from sr_tile.routing import RoutingOptions
 from sr_tile.train import TrainingInterrupted, run_training
 from sr_tile.train.config import from_dict
 from sr_tile.upscale import UpscaleOptions, Upscaler
+from tests.conftest import image_folders
 
 NAME = "adaformer-light"
 
@@ -134,16 +135,7 @@ def test_usl_matches_a_hand_computation():
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict[str, Path]:
-    from skimage import data
-
-    root = tmp_path_factory.mktemp("ada-images")
-    train, val = root / "train", root / "val"
-    train.mkdir()
-    val.mkdir()
-    Image.fromarray(data.astronaut()[:192, 100:292]).save(train / "astronaut.png")
-    Image.fromarray(data.coffee()[100:292, 200:392]).save(train / "coffee.png")
-    Image.fromarray(data.astronaut()[256:384, 256:384]).save(val / "astronaut-val.png")
-    return {"root": root, "train": train, "val": val}
+    return image_folders(tmp_path_factory.mktemp("ada-images"), 192)
 
 
 def _config(folders, run_dir: Path, steps: int = 6):

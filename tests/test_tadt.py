@@ -4,6 +4,7 @@ cost, coordinates and cells by hand, the upsamplers' tile independence, and the 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from sr_tile.models.tadt.model import MSTB, WindowBranch, output_grid, sample_ro
 from sr_tile.routing import RoutingOptions
 from sr_tile.runner import make_runner
 from sr_tile.tiler import TileConfig, tiled_upscale
+from tests.conftest import image_folders
 
 NAME = "tadt-light"
 
@@ -154,7 +156,6 @@ def test_beta_penalty_counts_only_beta_above_the_scale_threshold():
 def test_arbitrary_scale_batches_line_up_with_their_targets():
     from skimage import data
 
-    from sr_tile.imresize import imresize
     from sr_tile.train.data import ImagePair, ScaleSampler
 
     hr = data.astronaut()
@@ -169,22 +170,11 @@ def test_arbitrary_scale_batches_line_up_with_their_targets():
 
     back = bicubic_grid(b.lr, b.ys, b.xs)
     assert (back - b.hr).abs().mean() < 0.06
-    assert imresize is not None
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    from PIL import Image
-    from skimage import data
-
-    root = tmp_path_factory.mktemp("tadt-images")
-    train, val = root / "train", root / "val"
-    train.mkdir()
-    val.mkdir()
-    Image.fromarray(data.astronaut()[:256, 100:356]).save(train / "astronaut.png")
-    Image.fromarray(data.coffee()[100:356, 200:456]).save(train / "coffee.png")
-    Image.fromarray(data.astronaut()[256:384, 256:384]).save(val / "astronaut-val.png")
-    return {"root": root, "train": train, "val": val}
+def folders(tmp_path_factory) -> dict[str, Path]:
+    return image_folders(tmp_path_factory.mktemp("tadt-images"), 256)
 
 
 def test_both_phases_train_and_the_weights_load(folders, tmp_path):

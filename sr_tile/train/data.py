@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from sr_tile.errors import ConfigError, ImageWriteError, SrTileError
-from sr_tile.imresize import imresize_np
+from sr_tile.imresize import imresize, imresize_np
 from sr_tile.io.atomic import write_bytes_atomic
 
 __all__ = [
@@ -332,8 +332,6 @@ class ScaleSampler:
 
     def batch(self, n: int, generator: torch.Generator,
               device: torch.device | str | None = None) -> ScaleBatch:
-        from sr_tile.imresize import imresize
-
         low, high = self.scales
         s = low + (high - low) * float(torch.rand((), generator=generator, dtype=torch.float64))
         p, q = self.lr_patch, self.queries

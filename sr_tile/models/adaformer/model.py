@@ -215,9 +215,6 @@ class HaltingTrace:
     def token_sparsity(self) -> list[float]:
         return [1.0 - a / self.tokens for a in self.active_tokens]
 
-    def window_sparsity(self) -> list[float]:
-        return [1.0 - a / self.windows for a in self.active_windows]
-
 
 class AdaFormer(nn.Module):
     """AdaFormer; ``forward`` is the dense network (no halting, ``--static``)."""

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from sr_tile.errors import UsageError
 from sr_tile.models.adaformer.model import AdaFormer
 from sr_tile.routemap import RouteMap, owned_span
 from sr_tile.routing import RoutingOptions
@@ -28,12 +27,8 @@ class HaltingRunner(TileRunner):
     def __init__(self, model: AdaFormer, *, device: torch.device, alpha: str,
                  routing: RoutingOptions | None = None) -> None:
         routing = routing or RoutingOptions()
-        given = [flag for flag, value in (("--eta", routing.eta), ("--gamma", routing.gamma),
-                                          ("--budget", routing.budget)) if value is not None]
-        if given or routing.path is not None:
-            raise UsageError(f"{given[0] if given else 'a fixed path'}: "
-                             f"{model.descriptor.name} halts tokens; choose how early with "
-                             "--preset L, M or S")
+        routing.refuse(f"{model.descriptor.name} halts tokens; choose how early with "
+                       "--preset L, M or S", keep=("--preset",))
         self.preset = (routing.preset or "M").upper()
         self.eps = float(model.presets[self.preset]["eps"])
         super().__init__(model, device=device, alpha=alpha)

@@ -236,7 +236,7 @@ class TADT(nn.Module):
 
     def route(self, lr: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Inference routing of one image: (4N,) bools [p > 0.5] and p."""
-        p, _ = self.tarc(lr, torch.tensor([scale]))
+        p, _ = self.tarc(lr, torch.tensor([scale], device=lr.device))
         return p[0] > 0.5, p[0]
 
     # ------------------------------------------------------------------ FLOPs (classsr)

@@ -9,7 +9,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sr_tile.errors import UsageError
 from sr_tile.models.tadt.model import TADT
 from sr_tile.routing import RoutingOptions
 from sr_tile.runner import TileRunner, grid_coords
@@ -24,13 +23,8 @@ class BranchRunner(TileRunner):
     def __init__(self, model: TADT, *, device: torch.device, alpha: str,
                  routing: RoutingOptions | None = None) -> None:
         routing = routing or RoutingOptions()
-        given = [flag for flag, value in (("--eta", routing.eta), ("--gamma", routing.gamma),
-                                          ("--budget", routing.budget),
-                                          ("--preset", routing.preset)) if value is not None]
-        if given or routing.path is not None:
-            raise UsageError(f"{given[0] if given else 'a fixed path'}: "
-                             f"{model.descriptor.name} picks its branches per image and scale "
-                             "itself; --static runs them all")
+        routing.refuse(f"{model.descriptor.name} picks its branches per image and scale "
+                       "itself; --static runs them all")
         super().__init__(model, device=device, alpha=alpha)
 
     def reset(self) -> None:
