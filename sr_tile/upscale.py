@@ -32,9 +32,10 @@ from sr_tile.io import (
     write_image,
 )
 from sr_tile.models import DEFAULT_MODEL, create_model
+from sr_tile.models.registry import BACKENDS
 from sr_tile.models.descriptor import ModelDescriptor, Routing
 from sr_tile.routing import RoutingOptions
-from sr_tile.runner import FLOPS_CONVENTION, TileRunner, make_runner
+from sr_tile.runner import FLOPS_CONVENTION, PRECISIONS, Inference, TileRunner, make_runner
 from sr_tile.tiler import TileConfig, output_length, tiled_upscale
 
 
@@ -55,10 +56,24 @@ class UpscaleOptions:
     write: WriteOptions = field(default_factory=WriteOptions)
     routing: RoutingOptions = field(default_factory=RoutingOptions)
     static: bool = False  # a routed model as its full network, on its static tiles (--static)
-    weights: str | None = None  # a weights file instead of the shipped one
+    weights: str | None = None  # a weights file (or an ONNX export's folder), not the shipped one
+    backend: str = "torch"  # torch, onnxruntime or tensorrt (ONNX Runtime's TensorRT provider)
+    precision: str = "fp32"  # fp32, bf16 (CPU or CUDA) or fp16 (CUDA): autocast, checked once
+    tta: bool = False  # 8-fold flip/rotate self-ensemble
 
     def __post_init__(self) -> None:
         """Bad values are usage errors, found before a model is loaded or a file read."""
+        if self.backend not in BACKENDS:
+            raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, "
+                             f"not {self.backend!r}")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, "
+                             f"not {self.precision!r}")
+        if self.precision != "fp32" and self.backend != "torch":
+            raise UsageError(f"--precision {self.precision} runs on --backend torch; the ONNX "
+                             "exports are fp32")
+        if self.precision == "fp16" and not self.device.startswith("cuda"):
+            raise UsageError("--precision fp16 is for CUDA (--device cuda); on the CPU use bf16")
         if self.alpha not in ("bicubic", "model"):
             raise UsageError(f"--alpha must be bicubic or model, not {self.alpha!r}")
         if self.max_pixels is not None and self.max_pixels <= 0:
@@ -130,6 +145,19 @@ def resolve_device(name: str) -> torch.device:
     raise UsageError(f"unknown device {name!r}; use cpu or cuda")
 
 
+def load_model(options: UpscaleOptions, device: torch.device) -> tuple[torch.nn.Module, list[str]]:
+    """The model of ``options`` on ``device`` for its backend, and the lines a run says once
+    about it (where ONNX Runtime runs, an export made on first use)."""
+    if options.backend == "torch":
+        model = create_model(options.model, scale=options.scale, weights=options.weights or True)
+        return model.to(device), []
+    from sr_tile.deploy.onnx import onnx_model
+
+    loaded = onnx_model(options.model, scale=options.scale, weights=options.weights,
+                        device=device, backend=options.backend)
+    return loaded.model, loaded.notes
+
+
 class Cancelled(Exception):
     """A job stopped before its next band because its batch was interrupted."""
 
@@ -157,10 +185,13 @@ class Upscaler:
     def __init__(self, options: UpscaleOptions | None = None) -> None:
         self.options = options = options or UpscaleOptions()
         self.device = resolve_device(options.device)
-        self.model = create_model(
-            options.model, scale=options.scale, weights=options.weights or True
-        ).to(self.device)
+        self.model, self.notes = load_model(options, self.device)
         self.descriptor = d = self.model.descriptor
+        if options.precision not in d.precisions:
+            raise UsageError(f"{d.name} runs in {', '.join(d.precisions)}, not "
+                             f"{options.precision}")
+        if options.tta and not float(d.scale).is_integer():
+            raise UsageError("--tta needs an integer scale (a rotated tile samples another grid)")
         default_tile = d.default_tile if self.routed else (d.static_tile or d.default_tile)
         self.tiling = TileConfig.resolve(
             tile=options.tile,
@@ -175,7 +206,7 @@ class Upscaler:
             fit=options.tile is None and not self.routed,
         )
         self.runner: TileRunner = self.new_runner()
-        self.notes = scale_notes(d)  # said once per run by the CLI
+        self.notes += scale_notes(d)  # said once per run by the CLI
         # Jobs run in threads (``sr_tile.batch``) share the model: one computes at a time.
         self._compute = threading.Lock()
 
@@ -183,7 +214,7 @@ class Upscaler:
         """A runner of this model with its own books: one per job that runs at once."""
         o = self.options
         return make_runner(self.model, device=self.device, alpha=o.alpha, routing=o.routing,
-                           static=o.static)
+                           static=o.static, inference=Inference(o.precision, o.tta))
 
     @property
     def routed(self) -> bool:

@@ -170,16 +170,13 @@ def test_debug_shows_traceback_only_when_asked(tmp_path):
     assert "Traceback" in loud.stderr
 
 
-def test_models_version_and_pending_commands(tmp_path):
+def test_models_and_version(tmp_path):
     result = run("models", "--json", tmp_path / "m.json")
     assert result.exit_code == 0 and "bicubic" in result.stdout
     names = [m["name"] for m in json.loads((tmp_path / "m.json").read_text())["models"]]
     assert "bicubic" in names
     result = run("--version")
     assert result.exit_code == 0 and __version__ in result.stdout
-    for command in ("export",):
-        result = run(command, "enaf")
-        assert result.exit_code == 1 and "not available yet" in result.stderr
 
 
 def test_console_script_exit_codes(tmp_path, small_png):

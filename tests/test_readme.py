@@ -24,3 +24,16 @@ def test_readme_starts_with_exactly_two_setup_commands():
 def test_ci_runs_the_readme_test_command_verbatim():
     ci = (ROOT / ".ci" / "run").read_text()
     assert readme_commands()[1] in ci.splitlines()
+
+
+def test_every_package_is_listed_for_installation():
+    """pyproject lists packages by hand: a new family's package must be in it, or a
+    non-editable install lacks it."""
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    found = {".".join(p.parent.relative_to(root).parts)
+             for p in root.glob("sr_tile/**/__init__.py")}
+    assert found <= listed, sorted(found - listed)

@@ -41,12 +41,40 @@ __all__ = [
     "ImageResult",
     "RowResult",
     "RowSpec",
+    "Variant",
     "plan_rows",
     "run_bench",
 ]
 
 #: Etas of the default sweep (ENAF's public code sweeps 0.15..5).
 BASELINE_MODEL = "bicubic"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How a model's networks run in a row: what ``--backend``, ``--precision``, ``--tta``
+    choose for ``sr-tile upscale``."""
+
+    backend: str = "torch"
+    precision: str = "fp32"
+    tta: bool = False
+
+    @property
+    def suffix(self) -> str:
+        """`` [onnxruntime bf16 tta]``: what a row label adds for a variant ("" plain)."""
+        words = [w for w, on in ((self.backend, self.backend != "torch"),
+                                 (self.precision, self.precision != "fp32"),
+                                 ("tta", self.tta)) if on]
+        return f" [{' '.join(words)}]" if words else ""
+
+
+def variants_for(backends: list[str], precisions: list[str], tta: bool) -> tuple[Variant, ...]:
+    """Every combination that runs (reduced precision is torch's), the plain run first; with
+    ``tta``, a TTA row of the first backend and precision too."""
+    found = [Variant(b, p) for b in backends for p in precisions if p == "fp32" or b == "torch"]
+    if not found:
+        raise ConfigError("--precision other than fp32 needs --backend torch in the list")
+    return tuple(found) + ((replace(found[0], tta=True),) if tta else ())
 
 
 @dataclass(frozen=True)
@@ -66,6 +94,10 @@ class BenchOptions:
     limit: int | None = None  # only the first N images
     threads: int | None = None  # torch CPU threads while benchmarking; None: torch's default
     exit_rows: bool = False  # one row per early exit taken by every tile (routed models)
+    # every model's rows once per variant, side by side: (backend, precision, tta); the first
+    # is the plain run the others are read against (ONNX Runtime against torch, bf16 against
+    # fp32, TTA against none)
+    variants: tuple[Variant, ...] = ()
 
     def __post_init__(self) -> None:
         if self.repeat < 1:
@@ -91,6 +123,7 @@ class RowSpec:
     baseline: str | None  # label of the row this one's savings are read against
     dynamic: bool = False  # the model routes (its static row is its backbone)
     best: str | None = None  # label of the model's static-best row (routed rows)
+    variant: Variant = Variant()
 
     @property
     def preset(self) -> str | None:
@@ -221,6 +254,39 @@ def _eta_label(eta: float) -> str:
     return f"eta={eta:g}"
 
 
+def _model_rows(name: str, variant: Variant, options: BenchOptions, rows: list[RowSpec],
+                sweeps: list[RowSpec]) -> None:
+    """One model's rows for one variant (labels end with the variant's suffix)."""
+    entry, v, routing = get_entry(name), variant.suffix, options.routing
+    if entry.routing == "none":
+        rows.append(RowSpec(name + v, name, "static", False, RoutingOptions(), options.repeat,
+                            BASELINE_MODEL, variant=variant))
+        return
+    static, best = f"{name} static{v}", f"{name} static best{v}"
+    common = {"dynamic": True, "variant": variant}
+    rows.append(RowSpec(static, name, "static", False, RoutingOptions(), options.repeat,
+                        BASELINE_MODEL, **common))
+    rows.append(RowSpec(best, name, "best", False, RoutingOptions(), options.repeat,
+                        BASELINE_MODEL, **common))
+    if routing.budget is not None:
+        how = f"budget={routing.budget:g}"
+    elif routing.eta is not None:
+        how = _eta_label(routing.eta)
+    else:
+        how = (routing.preset or "M").upper()
+    rows.append(RowSpec(f"{name} {how}{v}", name, "routed", True, routing, options.repeat,
+                        static, best=best, **common))
+    if options.exit_rows:
+        for k in range(1, 3):
+            rows.append(RowSpec(f"{name} exit{k}{v}", name, "exit", True,
+                                RoutingOptions(path=k), options.repeat, static, best=best,
+                                **common))
+    for eta in options.sweep:
+        sweeps.append(RowSpec(f"{name} {_eta_label(eta)}{v}", name, "sweep", True,
+                              replace(routing, eta=eta, preset=None, budget=None), 1, static,
+                              best=best, **common))
+
+
 def plan_rows(models: list[str], options: BenchOptions) -> list[RowSpec]:
     """The rows to run for ``--model`` names: bicubic first, then each model's rows, then sweeps.
 
@@ -231,41 +297,15 @@ def plan_rows(models: list[str], options: BenchOptions) -> list[RowSpec]:
         get_entry(name)  # unknown name -> ConfigError listing the known ones
         if name not in names:
             names.append(name)
-    routing = options.routing
     rows: list[RowSpec] = []
     sweeps: list[RowSpec] = []
     for name in names:
-        entry = get_entry(name)
         if name == BASELINE_MODEL:
             rows.append(RowSpec(name, name, "bicubic", False, RoutingOptions(), options.repeat,
                                 None))
             continue
-        if entry.routing == "none":
-            rows.append(RowSpec(name, name, "static", False, RoutingOptions(), options.repeat,
-                                BASELINE_MODEL))
-            continue
-        static, best = f"{name} static", f"{name} static best"
-        rows.append(RowSpec(static, name, "static", False, RoutingOptions(), options.repeat,
-                            BASELINE_MODEL, dynamic=True))
-        rows.append(RowSpec(best, name, "best", False, RoutingOptions(), options.repeat,
-                            BASELINE_MODEL, dynamic=True))
-        if routing.budget is not None:
-            how = f"budget={routing.budget:g}"
-        elif routing.eta is not None:
-            how = _eta_label(routing.eta)
-        else:
-            how = (routing.preset or "M").upper()
-        rows.append(RowSpec(f"{name} {how}", name, "routed", True, routing, options.repeat,
-                            static, dynamic=True, best=best))
-        if options.exit_rows:
-            for k in range(1, 3):
-                rows.append(RowSpec(f"{name} exit{k}", name, "exit", True,
-                                    RoutingOptions(path=k), options.repeat, static, dynamic=True,
-                                    best=best))
-        for eta in options.sweep:
-            sweeps.append(RowSpec(f"{name} {_eta_label(eta)}", name, "sweep", True,
-                                  replace(routing, eta=eta, preset=None, budget=None), 1, static,
-                                  dynamic=True, best=best))
+        for variant in options.variants or (Variant(),):
+            _model_rows(name, variant, options, rows, sweeps)
     return rows + sweeps
 
 
@@ -279,6 +319,7 @@ def _upscaler(spec: RowSpec, options: BenchOptions) -> Upscaler:
         overlap=None if best else options.overlap, batch_size=options.batch_size,
         device=options.device, routing=spec.routing, static=not spec.route,
         weights=options.weights.get(spec.model), max_pixels=None,
+        backend=spec.variant.backend, precision=spec.variant.precision, tta=spec.variant.tta,
     )
     up = Upscaler(opts)
     if spec.kind == "static" and spec.dynamic and options.tile is None:
@@ -289,14 +330,15 @@ def _upscaler(spec: RowSpec, options: BenchOptions) -> Upscaler:
 def _drop_duplicate_sweeps(specs: list[RowSpec], upscalers: list[Upscaler]) -> None:
     """A sweep eta equal to its model's routed row's eta would repeat that row: drop it."""
     routed_etas = {
-        (spec.model, float(up.runner.eta))  # type: ignore[attr-defined]
+        (spec.model, spec.variant, float(up.runner.eta))  # type: ignore[attr-defined]
         for spec, up in zip(specs, upscalers)
         if spec.kind == "routed" and spec.routing.budget is None
         and getattr(up.runner, "eta", None) is not None
     }
     for i in reversed(range(len(specs))):
         spec = specs[i]
-        if spec.kind == "sweep" and (spec.model, float(spec.routing.eta or 0.0)) in routed_etas:
+        if spec.kind == "sweep" and (spec.model, spec.variant,
+                                     float(spec.routing.eta or 0.0)) in routed_etas:
             del specs[i], upscalers[i]
 
 
@@ -307,7 +349,8 @@ def _drop_best_without_own_tiles(specs: list[RowSpec], upscalers: list[Upscaler]
     for i in reversed(range(len(specs))):
         spec = specs[i]
         if spec.kind == "best" and upscalers[i].descriptor.static_tile is None:
-            static = next(s.label for s in specs if s.model == spec.model and s.kind == "static")
+            static = next(s.label for s in specs if s.model == spec.model
+                          and s.kind == "static" and s.variant == spec.variant)
             del specs[i], upscalers[i]
             for k, other in enumerate(specs):
                 if other.best == spec.label:

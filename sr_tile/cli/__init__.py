@@ -20,7 +20,7 @@ from sr_tile.errors import Interrupted
 from sr_tile.cli.models import models
 from sr_tile.cli.bench import bench
 from sr_tile.cli.data import data_app
-from sr_tile.cli.pending import export
+from sr_tile.cli.export import export
 from sr_tile.cli.train import train
 from sr_tile.cli.upscale import upscale
 from sr_tile.runtime import tune_allocator
@@ -33,11 +33,10 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command()(upscale)
-_PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
 app.command("train")(train)
 app.command("bench")(bench)
 app.add_typer(data_app, name="data")
-app.command("export", context_settings=_PASS_THROUGH)(export)
+app.command("export")(export)
 app.command()(models)
 
 

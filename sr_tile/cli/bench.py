@@ -51,6 +51,10 @@ def _default_models(scale: int, weights: dict[str, str]) -> list[str]:
     ]
 
 
+def _words(value: str) -> list[str]:
+    return [w.strip() for w in value.split(",") if w.strip()]
+
+
 @handle_errors
 def bench(
     dataset: Annotated[str, typer.Argument(
@@ -87,6 +91,14 @@ def bench(
              "than free cores can slow small tiles down many times over.")] = None,
     weights: Annotated[Optional[list[str]], typer.Option(
         help="NAME=FILE: weights for a model instead of the shipped ones (repeatable).")] = None,
+    backend: Annotated[str, typer.Option(
+        help="What runs the networks; a list runs each model's rows once per backend, side by "
+             "side: torch,onnxruntime.")] = "torch",
+    precision: Annotated[str, typer.Option(
+        help="fp32, bf16, fp16, or a list (fp32,bf16): each model's rows once per precision "
+             "(reduced precision on torch).")] = "fp32",
+    tta: Annotated[bool, typer.Option(
+        help="Also run each model's rows with the 8-fold flip/rotate self-ensemble.")] = False,
     data_root: Annotated[Optional[Path], typer.Option(
         help="Where dataset names are looked up (default: $SR_TILE_DATA).")] = None,
     cache_dir: Annotated[Optional[Path], typer.Option(
@@ -104,7 +116,7 @@ def bench(
     """Benchmark models on a dataset: PSNR-Y, SSIM-Y, FLOPs and latency per image and in the mean."""
     from sr_tile.bench.datasets import LRCache, default_cache_dir, resolve_dataset
     from sr_tile.bench.report import image_table, summary_table, to_dict, write_csv
-    from sr_tile.bench.run import BenchOptions, plan_rows, run_bench
+    from sr_tile.bench.run import BenchOptions, plan_rows, run_bench, variants_for
 
     scale = int(scale) if float(scale).is_integer() else scale  # x4 stays "x4" in names
     weight_files = parse_weights(weights or [])
@@ -132,6 +144,7 @@ def bench(
         repeat=repeat, warmup=warmup,
         routing=RoutingOptions(eta=eta, gamma=gamma, preset=preset, budget=budget),
         sweep=sweep_etas, weights=weight_files, limit=limit, threads=threads, exit_rows=exit_rows,
+        variants=variants_for(_words(backend), _words(precision), tta),
     )
     specs = plan_rows(models, options)
     routing_given = any(x is not None for x in (preset, eta, budget, sweep))

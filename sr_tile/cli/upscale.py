@@ -192,6 +192,17 @@ def upscale(
                           "every tile; AdaFormer: the TSABs each token ran before it halted); "
                           "a folder when there are several inputs."),
     ] = None,
+    backend: Annotated[str, typer.Option(
+        help="What runs the networks: torch, onnxruntime (an export made on first use, or "
+             "--weights FOLDER from 'sr-tile export'), or tensorrt (ONNX Runtime's TensorRT "
+             "provider).")] = "torch",
+    precision: Annotated[str, typer.Option(
+        help="fp32, bf16 (CPU or CUDA) or fp16 (CUDA); checked against fp32 on the first tile, "
+             "with a fallback to fp32 if it breaks.")] = "fp32",
+    tta: Annotated[bool, typer.Option(
+        help="8-fold flip/rotate self-ensemble (8x the FLOPs, counted so).")] = False,
+    threads: Annotated[Optional[int], typer.Option(
+        min=1, help="CPU threads for torch and ONNX Runtime (default: torch's).")] = None,
     pipeline: Annotated[Optional[int], typer.Option(
         min=1, help="Images in flight: the next one decodes and the last one encodes while "
                     "one computes (default: 2 on a GPU, 1 on the CPU, where encoding already "
@@ -202,6 +213,10 @@ def upscale(
     from sr_tile.upscale import UpscaleOptions, Upscaler
 
     scale = int(scale) if float(scale).is_integer() else scale  # x4 stays "4" in names, JSON
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     options = UpscaleOptions(
         scale=scale,
         model=model,
@@ -218,6 +233,9 @@ def upscale(
         routing=RoutingOptions(eta=eta, gamma=gamma, preset=preset, budget=budget),
         weights=weights,
         static=static,
+        backend=backend,
+        precision=precision,
+        tta=tta,
     )
     plan = plan_run(inputs, scale=scale, output=output, output_dir=output_dir, fmt=fmt,
                     recursive=recursive, follow_links=follow_links, report=json_path,

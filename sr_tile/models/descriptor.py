@@ -46,6 +46,8 @@ class ModelDescriptor:
         flops_note: how the FLOPs of this model are counted, shown in reports.
         trained_scales: (low, high) the scales a model of any scale was trained on; asked for
             another, a run says its quality is out of distribution. None: no such range.
+        precisions: what ``--precision`` it runs in (autocast to bf16/fp16 keeps its
+            reductions in fp32; a model whose numerics break there leaves them out).
     """
 
     name: str
@@ -60,6 +62,7 @@ class ModelDescriptor:
     routing: Routing = Routing.NONE
     flops_note: str = ""
     trained_scales: tuple[float, float] | None = None
+    precisions: tuple[str, ...] = ("fp32", "bf16", "fp16")
 
     def __post_init__(self) -> None:
         if self.default_overlap <= 2 * self.margin:

@@ -128,14 +128,23 @@ MODELS: dict[str, ModelEntry] = {
 }
 
 DEFAULT_MODEL = "enaf-fsrcnn"
+BACKENDS = ("torch", "onnxruntime", "tensorrt")  # what runs the networks (sr_tile.deploy.onnx)
 
 
 def get_entry(name: str) -> ModelEntry:
-    try:
+    """The row of model ``name``, or of a community model file (``sr_tile.models.community``)."""
+    if name in MODELS:
         return MODELS[name]
-    except KeyError:
-        known = ", ".join(sorted(MODELS))
-        raise UsageError(f"unknown model {name!r}; known models: {known}") from None
+    from sr_tile.models.community import FAMILY, is_model_file, spandrel_model
+
+    if is_model_file(name):
+        loaded = spandrel_model(name)
+        return ModelEntry(name, FAMILY, f"{loaded.architecture.name} through spandrel",
+                          "sr_tile.models.community:build", (int(loaded.scale),),
+                          kwargs={"path": name})
+    known = ", ".join(sorted(MODELS))
+    raise UsageError(f"unknown model {name!r}; known models: {known} (or a model file: "
+                     ".pth, .safetensors...)")
 
 
 def training_task(name: str) -> Any:
@@ -180,6 +189,10 @@ def create_model(
     from sr_tile.runner import runner_class
 
     model = entry.builder()(scale=scale, **entry.kwargs)
+    if entry.family == "community":  # its weights are the file itself
+        if weights not in (True, False):
+            raise UsageError("--weights: a model file carries its own weights")
+        return model.eval()
     runner_class(model)  # a routed model without a runner must not build
     needs_weights = any(True for _ in model.parameters())
     if weights is True and needs_weights:

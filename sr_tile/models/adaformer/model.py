@@ -216,6 +216,17 @@ class HaltingTrace:
         return [1.0 - a / self.tokens for a in self.active_tokens]
 
 
+class Residual(nn.Module):
+    """A model's dense forward without its bicubic skip (what ONNX export traces)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x, skip=False)
+
+
 class AdaFormer(nn.Module):
     """AdaFormer; ``forward`` is the dense network (no halting, ``--static``)."""
 
@@ -254,10 +265,11 @@ class AdaFormer(nn.Module):
         feats = self.encoder(self.conv_first(x))
         return feats, self.embed(feats).permute(0, 2, 3, 1)
 
-    def _decode(self, x: torch.Tensor, feats: torch.Tensor, tokens: torch.Tensor
-                ) -> torch.Tensor:
+    def _decode(self, x: torch.Tensor, feats: torch.Tensor, tokens: torch.Tensor, *,
+                skip: bool = True) -> torch.Tensor:
         feats = feats + self.unembed(tokens.permute(0, 3, 1, 2))
-        return self.shuffle(self.upsample(self.decoder(feats))) + bicubic(x, self.scale)
+        out = self.shuffle(self.upsample(self.decoder(feats)))
+        return out + bicubic(x, self.scale) if skip else out
 
     def _check(self, x: torch.Tensor) -> None:
         s = self.config.window
@@ -265,8 +277,18 @@ class AdaFormer(nn.Module):
             raise ValueError(f"adaformer needs tile sides that are multiples of {s}, "
                              f"got {tuple(x.shape[-2:])}")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The dense network: every token through every TSAB."""
+    def onnx_parts(self) -> list:
+        """ONNX export (``sr_tile.deploy.onnx``): the dense network, one graph. Halting
+        gathers a different set of tokens per tile, which no static graph holds, so ONNX
+        Runtime runs AdaFormer dense (``--static``'s numbers)."""
+        from sr_tile.deploy.onnx import ExportPart
+
+        side = 4 * self.descriptor.size_multiple
+        return [ExportPart("model", Residual(self), torch.rand(2, 3, side, side), skip=True)]
+
+    def forward(self, x: torch.Tensor, *, skip: bool = True) -> torch.Tensor:
+        """The dense network: every token through every TSAB (``skip=False``: without the
+        bicubic global skip)."""
         self._check(x)
         feats, tokens = self._encode(x)
         b, h, w, d = tokens.shape
@@ -275,7 +297,7 @@ class AdaFormer(nn.Module):
             mixed = (window_merge(block.local(window_split(y, self.config.window)), b, h, w)
                      + block.glob(y.reshape(b, h * w, d)).view(b, h, w, d))
             tokens = block.update(tokens, mixed)
-        return self._decode(x, feats, tokens)
+        return self._decode(x, feats, tokens, skip=skip)
 
     def forward_masked(self, x: torch.Tensor, eps: float | None = None
                        ) -> tuple[torch.Tensor, list[torch.Tensor]]:

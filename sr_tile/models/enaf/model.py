@@ -48,6 +48,12 @@ class EnafSR(nn.Module):
 
         return ExitRunner
 
+    def onnx_parts(self) -> list:
+        """How ENAF exports to ONNX (``sr_tile.deploy.onnx``): see ``enaf.onnx``."""
+        from sr_tile.models.enaf.onnx import enaf_parts
+
+        return enaf_parts(self)
+
     @property
     def num_paths(self) -> int:
         return self.backbone.num_paths
