@@ -128,8 +128,9 @@ def test_bad_backend_options_and_files_are_one_line(tmp_path, small_png, exports
     assert result.exit_code == 2 and "runs on --backend torch" in result.output
     result = run("export", "bicubic", "-o", tmp_path / "x")
     assert result.exit_code == 1 and "no network to export" in result.output
-    result = run("export", "tadt-light", "-o", tmp_path / "x")
-    assert result.exit_code == 1 and result.output.count("\n") == 1
+    for name, words in (("tadt-light", "implicit upsampler"), ("iet-light", "gathers")):
+        result = run("export", name, "-o", tmp_path / "x")
+        assert result.exit_code == 1 and result.output.count("\n") == 1 and words in result.output
 
 
 def test_bicubic_runs_as_it_is_on_the_onnxruntime_backend(photo):
@@ -289,7 +290,7 @@ def test_out_of_memory_halves_the_batch_then_the_tile(photo, monkeypatch):
     assert up.runner.flops == sum(booked)
 
 
-def test_bench_runs_each_variant_side_by_side(tmp_path, astronaut):
+def test_bench_runs_each_variant_side_by_side(tmp_path, astronaut, monkeypatch):
     """``sr-tile bench --backend torch,onnxruntime --precision fp32,bf16 --tta``: every model
     row once per variant, the plain run first; ONNX Runtime's rows equal torch's in quality."""
     from sr_tile.bench.run import BenchOptions, Variant, plan_rows, variants_for
@@ -301,6 +302,7 @@ def test_bench_runs_each_variant_side_by_side(tmp_path, astronaut):
     assert labels[:4] == ["bicubic", "enaf-fsrcnn static", "enaf-fsrcnn static best",
                           "enaf-fsrcnn M"]
     assert "enaf-fsrcnn M [onnxruntime]" in labels and "enaf-fsrcnn static [bf16]" in labels
+    monkeypatch.setenv("SR_TILE_CACHE", str(tmp_path / "cache"))  # the export made on first use
     data = tmp_path / "data"
     data.mkdir()
     Image.fromarray(astronaut[:128, 128:256]).save(data / "crop.png")

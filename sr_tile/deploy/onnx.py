@@ -113,6 +113,8 @@ def export_onnx(name: str, *, scale: float, out_dir: str | os.PathLike[str],
 
     entry = get_entry(name)
     scale = entry.resolve_scale(scale)
+    if entry.learned:  # a model that cannot export is refused before its weights are sought
+        export_parts(create_model(name, scale=scale, weights=False))
     source = _source(name, scale, weights)
     community = entry.family == "community"
     model = create_model(name, scale=scale, weights=True if community else source)

@@ -184,6 +184,10 @@ class TADT(nn.Module):
     """Extractor + TARC + upsampler. ``forward(x, coords, route)``: ``route`` (4N,) bools for
     the image, or None for every branch on (the baseline network, ``--static``)."""
 
+    #: why ``sr-tile export`` refuses it (``sr_tile.deploy.onnx``)
+    onnx_unsupported = ("its implicit upsampler samples each tile's grid of a non-integer "
+                        "scale; exporting the encoder and branch graphs is not done yet")
+
     def __init__(self, cfg: TADTConfig, *, name: str = "tadt") -> None:
         super().__init__()
         self.config = cfg
