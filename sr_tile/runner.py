@@ -72,10 +72,37 @@ class TileRunner:
         self._precision_checked = False
         self.reset()
 
+    #: What ``prepare`` decides for an image that a runner in another process needs to run
+    #: some of its tiles as this one would (one huge image across workers, sr_tile.cluster).
+    HANDOFF: tuple[str, ...] = ()
+    #: The books kept per image that add up across runners (numbers, or lists of numbers).
+    BOOKS: tuple[str, ...] = ("seconds", "flops", "flops_static")
+
     def reset(self) -> None:
         self.seconds = 0.0
         self.flops = 0
         self.flops_static = 0
+
+    def handoff(self) -> dict[str, Any]:
+        """After ``prepare``: what another runner needs to run this image's tiles (``adopt``)."""
+        return {name: getattr(self, name) for name in self.HANDOFF}
+
+    def adopt(self, handoff: dict[str, Any]) -> None:
+        """Start an image from another runner's ``prepare``, with empty books."""
+        self.reset()
+        for name, value in handoff.items():
+            setattr(self, name, value)
+
+    def books(self) -> dict[str, Any]:
+        """This runner's books of the tiles it ran, for the runner that prepared the image."""
+        return {name: getattr(self, name) for name in self.BOOKS}
+
+    def add_books(self, books: dict[str, Any]) -> None:
+        """Add another runner's ``books()`` of the same image to these."""
+        for name in self.BOOKS:
+            mine, theirs = getattr(self, name), books[name]
+            setattr(self, name, [a + b for a, b in zip(mine, theirs)]
+                    if isinstance(mine, list) else mine + theirs)
 
     def prepare(self, image: np.ndarray, tiling: TileConfig) -> None:
         """Called once per image before its tiles, untimed: a first-time FLOPs count of the

@@ -158,6 +158,9 @@ class TileWindow:
 
 
 TileFn = Callable[[torch.Tensor, list[TileWindow]], torch.Tensor]
+#: ``tiler(image, fn, *, scale, config, on_tiles)``: output bands top to bottom
+#: (:func:`tiled_upscale`, or a cluster's).
+Tiler = Callable[..., Iterator[np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -249,18 +252,20 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 def tile_batches(
-    image: np.ndarray, config: TileConfig, scale: float = 1.0
+    image: np.ndarray, config: TileConfig, scale: float = 1.0, rows: range | None = None,
 ) -> Iterator[tuple[list[TileWindow], torch.Tensor]]:
     """Batches of ``batch_size`` tiles in row-major order, running on across tile rows:
-    (each tile's window, float batch).
+    (each tile's window, float batch). ``rows``: only these tile rows (a band of them).
 
     Every consumer (the tiler, a router's pre-pass, a route map) numbers tiles in this
     one order.
     """
     py, px = config.plans(image.shape[0], image.shape[1], scale)
+    rows = range(py.count) if rows is None else rows
     where: list[TileWindow] = []
     tiles: list[torch.Tensor] = []
-    for i, y0 in enumerate(py.starts):
+    for i in rows:
+        y0 = py.starts[i]
         band = to_float(image[y0 : y0 + py.tile])  # one conversion per tile row
         oy0, oy1 = py.out_span(i)
         for j, x0 in enumerate(px.starts):
@@ -268,9 +273,65 @@ def tile_batches(
             where.append(TileWindow(i * px.count + j, i, j, y0, x0, oy0, ox0, oy1 - oy0,
                                     ox1 - ox0, py.scale, px.scale))
             tiles.append(band[:, :, x0 : x0 + px.tile])
-            if len(tiles) == config.batch_size or (i, j) == (py.count - 1, px.count - 1):
+            if len(tiles) == config.batch_size or (i, j) == (rows[-1], px.count - 1):
                 yield where, _pad_to_multiple(torch.stack(tiles), config.size_multiple)
                 where, tiles = [], []
+
+
+class Blender:
+    """Tile outputs weighted and summed on the global output grid; rows leave normalised,
+    top to bottom, once final.
+
+    Only the output rows from ``top`` down to the lowest tile added so far are held, in
+    float. Sums are added in tile-row order, so a band of tile rows summed elsewhere
+    (:func:`band_sums`) and added here with :meth:`add_rows` gives the same values as its
+    tiles added here one by one, wherever no output row is covered by more than two tile
+    rows (overlap below half the tile: every default)."""
+
+    def __init__(self, py: TilePlan, px: TilePlan, channels: int, dtype: np.dtype,
+                 top: int = 0) -> None:
+        self.dtype = np.dtype(dtype)
+        self.wx = [torch.from_numpy(tile_weights(px, j)).float() for j in range(px.count)]
+        self.wy = [torch.from_numpy(tile_weights(py, i)).float()[None, :, None]
+                   for i in range(py.count)]
+        self.norm_x = torch.from_numpy(1.0 / weight_sum(px)).float()
+        self.norm_y = torch.from_numpy(1.0 / weight_sum(py)).float()
+        rows = max(stop - start for start, stop in map(py.out_span, range(py.count)))
+        self.acc = torch.zeros(channels, rows, px.out_length)  # grows to what is held
+        self.top = top  # output row of acc[:, 0]
+
+    def _reach(self, stop: int) -> None:
+        need = stop - self.top
+        if need > self.acc.shape[1]:
+            self.acc = torch.cat([self.acc, self.acc.new_zeros(
+                self.acc.shape[0], need - self.acc.shape[1], self.acc.shape[2])], 1)
+
+    def add_tiles(self, out: torch.Tensor, where: list[TileWindow]) -> None:
+        """A batch's outputs (N, C, h', w'), each cut to its window and weighted."""
+        self._reach(where[-1].out_y0 + where[-1].out_h)
+        for k, win in enumerate(where):
+            y0 = win.out_y0 - self.top
+            self.acc[:, y0 : y0 + win.out_h, win.out_x0 : win.out_x0 + win.out_w] += (
+                out[k, :, : win.out_h, : win.out_w] * self.wy[win.row] * self.wx[win.col])
+
+    def add_rows(self, top: int, block: np.ndarray) -> None:
+        """Weighted sums (C, rows, W') of output rows from ``top`` (a band's)."""
+        self._reach(top + block.shape[1])
+        held = self.acc[:, top - self.top : top - self.top + block.shape[1]].numpy()
+        np.add(held, block, out=held)
+
+    def flush(self, upto: int) -> Iterator[np.ndarray]:
+        """Normalise and emit the final rows [top, upto) in chunks of ``BAND_ROWS``."""
+        done = upto - self.top
+        for r in range(0, done, BAND_ROWS):
+            r1 = min(r + BAND_ROWS, done)
+            band = (self.acc[:, r:r1] * self.norm_y[self.top + r : self.top + r1, None]
+                    * self.norm_x)
+            yield _from_float(band, self.dtype)
+        keep = self.acc.shape[1] - done
+        self.acc[:, :keep] = self.acc[:, done:].clone()
+        self.acc[:, keep:] = 0
+        self.top = upto
 
 
 def tiled_upscale(
@@ -291,42 +352,26 @@ def tiled_upscale(
     ``on_tiles(n)`` is called after each batch with the number of tiles done in it.
     """
     height, width, channels = image.shape
-    dtype = np.dtype(out_dtype or image.dtype)
     py, px = config.plans(height, width, scale)
-    wx = [torch.from_numpy(tile_weights(px, j)).float() for j in range(px.count)]
-    wy = [torch.from_numpy(tile_weights(py, i)).float()[None, :, None] for i in range(py.count)]
-    norm_x = torch.from_numpy(1.0 / weight_sum(px)).float()
-    norm_y = torch.from_numpy(1.0 / weight_sum(py)).float()
-    out_w = px.out_length
-    rows = max(stop - start for start, stop in map(py.out_span, range(py.count)))
-    acc = torch.zeros(channels, rows, out_w)  # grows to the rows one batch touches
-    acc_top = 0  # output row of acc[:, 0]: the first row of the oldest unfinished tile row
-
-    def flush(upto: int) -> Iterator[np.ndarray]:
-        """Normalise and emit the final rows [acc_top, upto) in small chunks."""
-        nonlocal acc_top
-        done = upto - acc_top
-        for r in range(0, done, BAND_ROWS):
-            r1 = min(r + BAND_ROWS, done)
-            band = acc[:, r:r1] * norm_y[acc_top + r : acc_top + r1, None] * norm_x
-            yield _from_float(band, dtype)
-        keep = acc.shape[1] - done
-        acc[:, :keep] = acc[:, done:].clone()
-        acc[:, keep:] = 0
-        acc_top = upto
-
+    blender = Blender(py, px, channels, out_dtype or image.dtype)
     for where, batch in tile_batches(image, config, scale):
-        top = where[0].out_y0
-        if top != acc_top:  # rows above this tile row are final
-            yield from flush(top)
-        need = where[-1].out_y0 + where[-1].out_h - acc_top
-        if need > acc.shape[1]:
-            acc = torch.cat([acc, acc.new_zeros(channels, need - acc.shape[1], out_w)], 1)
-        out = fn(batch, where).float().cpu()
-        for k, win in enumerate(where):
-            y0 = win.out_y0 - acc_top
-            acc[:, y0 : y0 + win.out_h, win.out_x0 : win.out_x0 + win.out_w] += (
-                out[k, :, : win.out_h, : win.out_w] * wy[win.row] * wx[win.col])
+        if where[0].out_y0 != blender.top:  # rows above this tile row are final
+            yield from blender.flush(where[0].out_y0)
+        blender.add_tiles(fn(batch, where).float().cpu(), where)
         if on_tiles is not None:
             on_tiles(len(where))
-    yield from flush(py.out_length)
+    yield from blender.flush(py.out_length)
+
+
+def band_sums(image: np.ndarray, fn: TileFn, *, scale: float, config: TileConfig,
+              rows: range) -> tuple[int, np.ndarray]:
+    """The tile rows ``rows`` of ``image`` run and summed, weighted but not normalised:
+    (first output row, (C, rows', W') float32), for a :class:`Blender` elsewhere to add
+    (``sr_tile.cluster``: one huge image across workers)."""
+    py, px = config.plans(image.shape[0], image.shape[1], scale)
+    top, stop = py.out_span(rows[0])[0], py.out_span(rows[-1])[1]
+    blender = Blender(py, px, image.shape[2], np.float32, top=top)
+    for where, batch in tile_batches(image, config, scale, rows):
+        blender.add_tiles(fn(batch, where).float().cpu(), where)
+    blender._reach(stop)
+    return top, blender.acc[:, : stop - top].numpy()

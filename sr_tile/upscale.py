@@ -36,7 +36,7 @@ from sr_tile.models.registry import BACKENDS
 from sr_tile.models.descriptor import ModelDescriptor, Routing
 from sr_tile.routing import RoutingOptions
 from sr_tile.runner import FLOPS_CONVENTION, PRECISIONS, Inference, TileRunner, make_runner
-from sr_tile.tiler import TileConfig, output_length, tiled_upscale
+from sr_tile.tiler import TileConfig, Tiler, output_length, tiled_upscale
 
 
 @dataclass(frozen=True)
@@ -182,8 +182,12 @@ def _with_constant_alpha(bands: Iterator[np.ndarray], value) -> Iterator[np.ndar
 class Upscaler:
     """A model loaded once, applied to any number of images."""
 
-    def __init__(self, options: UpscaleOptions | None = None) -> None:
+    def __init__(self, options: UpscaleOptions | None = None, *,
+                 tiler: Tiler = tiled_upscale) -> None:
+        """``tiler``: what runs an image's tiles and blends them (``sr_tile.cluster`` runs
+        them on a Ray cluster)."""
         self.options = options = options or UpscaleOptions()
+        self.tiler = tiler
         self.device = resolve_device(options.device)
         self.model, self.notes = load_model(options, self.device)
         self.descriptor = d = self.model.descriptor
@@ -239,7 +243,7 @@ class Upscaler:
             runner.prepare(pixels, self.tiling)
         alpha = pixels[..., -1] if pixels.shape[2] in (2, 4) else None
         constant = alpha is not None and bool((alpha == alpha.flat[0]).all())
-        bands = self._one_at_a_time(tiled_upscale(
+        bands = self._one_at_a_time(self.tiler(
             pixels[..., :-1] if constant else pixels, runner, scale=runner.scale,
             config=self.tiling, on_tiles=on_tiles), cancel)
         return _with_constant_alpha(bands, alpha.flat[0]) if constant else bands

@@ -28,7 +28,7 @@ from sr_tile.cli._common import (
     progress_for,
     warning_line,
 )
-from sr_tile.errors import SrTileError
+from sr_tile.errors import SrTileError, UsageError
 from sr_tile.io import DEFAULT_MAX_PIXELS, WriteOptions
 from sr_tile.io.atomic import write_json_atomic
 from sr_tile.models import DEFAULT_MODEL
@@ -202,11 +202,24 @@ def upscale(
     tta: Annotated[bool, typer.Option(
         help="8-fold flip/rotate self-ensemble (8x the FLOPs, counted so).")] = False,
     threads: Annotated[Optional[int], typer.Option(
-        min=1, help="CPU threads for torch and ONNX Runtime (default: torch's).")] = None,
+        min=1, help="CPU threads for torch and ONNX Runtime (default: torch's; with --ray: per "
+                    "worker, default 1).")] = None,
     pipeline: Annotated[Optional[int], typer.Option(
         min=1, help="Images in flight: the next one decodes and the last one encodes while "
                     "one computes (default: 2 on a GPU, 1 on the CPU, where encoding already "
                     "runs beside the compute).")] = None,
+    ray: Annotated[Optional[str], typer.Option(
+        "--ray", help="Run on a Ray cluster: auto, HOST:PORT, or local:N (start one here with "
+                      "N CPUs). Workers read and write the same paths (a shared filesystem); "
+                      "needs the 'ray' extra.")] = None,
+    ray_workers: Annotated[Optional[int], typer.Option(
+        help="--ray: workers, each with the model loaded (default: the cluster's CPUs / "
+             "--threads).")] = None,
+    ray_gpus_per_worker: Annotated[float, typer.Option(
+        help="--ray: GPUs per worker (with --device cuda).")] = 0.0,
+    ray_split_pixels: Annotated[Optional[int], typer.Option(
+        help="--ray: a single input with more pixels is cut into bands of tile rows across "
+             "the workers (default: 16M).")] = None,
 ) -> None:
     """Upscale images tile by tile; print latency and FLOPs per image."""
     from sr_tile.batch import default_in_flight, run_jobs
@@ -237,6 +250,15 @@ def upscale(
         precision=precision,
         tta=tta,
     )
+    cluster_options = None
+    if ray is not None:
+        from sr_tile.cluster import SPLIT_PIXELS, ClusterOptions
+
+        if pipeline is not None:
+            raise UsageError("--pipeline is for local runs; with --ray every worker runs one "
+                             "image at a time")
+        cluster_options = ClusterOptions(ray, ray_workers, threads or 1, ray_gpus_per_worker,
+                                         ray_split_pixels or SPLIT_PIXELS)
     plan = plan_run(inputs, scale=scale, output=output, output_dir=output_dir, fmt=fmt,
                     recursive=recursive, follow_links=follow_links, report=json_path,
                     route_map=route_map, overwrite=overwrite, skip_existing=skip_existing)
@@ -250,10 +272,16 @@ def upscale(
         for note in upscaler.notes:
             warning_line(note)
         with progress_for(len(plan.jobs)) as bar:
-            reports.extend(run_jobs(
-                upscaler, plan.jobs, in_flight=pipeline or default_in_flight(upscaler),
-                on_start=lambda index, job, total: bar.start_file(index, job.src.name)(total),
-                on_tiles=bar.advance, on_warning=warning_line, on_error=_job_failed))
+            hooks = {"on_start": lambda i, job, total: bar.start_file(i, job.src.name)(total),
+                     "on_tiles": bar.advance, "on_warning": warning_line, "on_error": _job_failed}
+            if cluster_options is None:
+                jobs = run_jobs(upscaler, plan.jobs,
+                                in_flight=pipeline or default_in_flight(upscaler), **hooks)
+            else:
+                from sr_tile.cluster import Cluster
+
+                jobs = Cluster(upscaler, cluster_options).run_jobs(plan.jobs, **hooks)
+            reports.extend(jobs)
     except BaseException as exc:
         stop = exc
         raise

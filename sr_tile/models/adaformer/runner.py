@@ -24,6 +24,9 @@ from sr_tile.tiler import TileConfig, TilePlan, TileWindow
 class HaltingRunner(TileRunner):
     """Runs AdaFormer with token and window halting at the preset's ``eps``."""
 
+    HANDOFF = ("_plans", "_overlap")
+    BOOKS = TileRunner.BOOKS + ("tokens", "windows", "active_tokens", "active_windows")
+
     def __init__(self, model: AdaFormer, *, device: torch.device, alpha: str,
                  routing: RoutingOptions | None = None) -> None:
         routing = routing or RoutingOptions()
@@ -42,11 +45,29 @@ class HaltingRunner(TileRunner):
         self._depth: np.ndarray | None = None
         self._plans: tuple[TilePlan, TilePlan] | None = None
         self._overlap = 0
+        self._painted = (0, 0)  # LR rows [from, to) of the depth map painted so far
 
     def prepare(self, image: np.ndarray, tiling: TileConfig) -> None:
         self._plans = tiling.plans(image.shape[0], image.shape[1])
         self._overlap = tiling.overlap
         self._depth = np.zeros(image.shape[:2], np.uint8)
+
+    def adopt(self, handoff: dict[str, Any]) -> None:
+        super().adopt(handoff)
+        py, px = self._plans
+        self._depth = np.zeros((py.length, px.length), np.uint8)
+        self._painted = (py.length, 0)
+
+    def books(self) -> dict[str, Any]:
+        low, high = self._painted
+        rows = self._depth[low:high] if self._depth is not None and low < high else None
+        return {**super().books(), "depth": (low, rows)}
+
+    def add_books(self, books: dict[str, Any]) -> None:
+        super().add_books(books)
+        low, rows = books["depth"]
+        if rows is not None and self._depth is not None:
+            self._depth[low:low + len(rows)] = rows  # the rows its tiles own
 
     def tile_flops(self, height: int, width: int) -> int:
         return self.model.dense_flops(1, height, width)  # exact, no counting pass needed
@@ -78,6 +99,7 @@ class HaltingRunner(TileRunner):
             x0, x1 = owned_span(px, window.col, self._overlap)
             self._depth[y0:y1, x0:x1] = tile[y0 - window.y0:y1 - window.y0,
                                              x0 - window.x0:x1 - window.x0]
+            self._painted = (min(self._painted[0], y0), max(self._painted[1], y1))
 
     def halted(self) -> tuple[list[float], list[float]]:
         """Per TSAB, the shares of halted tokens and halted windows of the last image."""

@@ -38,6 +38,7 @@ class ExitRunner(TileRunner):
     """
 
     PATH_NAMES = ("bicubic", "exit1", "exit2", "full")
+    HANDOFF = ("_tiling", "_size", "_u", "_blank", "eta")
 
     def __init__(self, model: EnafSR, *, device: torch.device, alpha: str,
                  routing: RoutingOptions | None = None) -> None:
@@ -188,6 +189,16 @@ class ExitRunner(TileRunner):
         self.record_paths(windows, chosen)
         self.flops += sum(costs[p] for p in chosen)
         return self.model.backbone.forward_paths(x, paths)
+
+    def books(self) -> dict[str, Any]:
+        return {**super().books(), "paths": {i: p for i, p in enumerate(self.paths) if p >= 0}}
+
+    def add_books(self, books: dict[str, Any]) -> None:
+        super().add_books(books)
+        for index, path in books["paths"].items():
+            if index >= len(self.paths):
+                self.paths += [-1] * (index + 1 - len(self.paths))
+            self.paths[index] = path
 
     def exit_shares(self) -> dict[str, float]:
         n = max(len(self.paths), 1)

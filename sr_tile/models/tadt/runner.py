@@ -20,6 +20,9 @@ ROUTE_VIEW_PIXELS = 1 << 20  # TARC reads the LR image area-downscaled to at mos
 class BranchRunner(TileRunner):
     """Runs TADT with the branches its controller picked for the image (``--static``: all)."""
 
+    HANDOFF = ("route", "p")
+    BOOKS = TileRunner.BOOKS + ("extractor", "extractor_static", "pixels")
+
     def __init__(self, model: TADT, *, device: torch.device, alpha: str,
                  routing: RoutingOptions | None = None) -> None:
         routing = routing or RoutingOptions()
