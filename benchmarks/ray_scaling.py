@@ -11,6 +11,8 @@ this process. Folder: the LR images of FOLDER's photos (made as bench makes them
 workers (split threshold 1 px). Printed per setting: seconds, LR megapixels per second, the
 speed-up over one worker, and the driver's peak RSS (VmHWM, reset before each run): the
 driver only blends on Ray, so its memory is the image, one band per worker and the writer.
+Outputs are TIFF; ``--compare`` prints each Ray setting's largest pixel difference from the
+local output (``--cases huge --huge 12000x8000 --compare``: the issue's acceptance run).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from PIL import Image
 from sr_tile.batch import run_jobs
 from sr_tile.bench.datasets import LRCache, load_pair, scan_folder
 from sr_tile.cluster import Cluster, ClusterOptions
+from sr_tile.io import read_image
 from sr_tile.paths import plan_run
 from sr_tile.upscale import UpscaleOptions, Upscaler
 
@@ -64,6 +67,9 @@ def main() -> None:
     parser.add_argument("--huge", default="3000x2000", help="WxH of the one huge LR image")
     parser.add_argument("--limit", type=int, default=4, help="folder images")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--cases", default="folder,huge")
+    parser.add_argument("--compare", action="store_true",
+                        help="print each setting's largest difference from the local output")
     args = parser.parse_args()
     import ray
     import torch
@@ -77,11 +83,15 @@ def main() -> None:
     for sample, lr in zip(samples, lrs):
         Image.fromarray(lr).save(folder / f"{sample.name}.png")
     width, height = map(int, args.huge.split("x"))
-    Image.fromarray(lrs[0]).resize((width, height), Image.BICUBIC).save(tmp / "huge.png")
-    cases = {"folder": ([str(folder)], sum(lr.shape[0] * lr.shape[1] for lr in lrs)),
+    folder_pixels = sum(lr.shape[0] * lr.shape[1] for lr in lrs)
+    cases = {"folder": ([str(folder)], folder_pixels),
              "huge": ([str(tmp / "huge.png")], width * height)}
+    cases = {name: cases[name] for name in args.cases.split(",")}
+    if "huge" in cases:
+        Image.fromarray(lrs[0]).resize((width, height), Image.BICUBIC).save(tmp / "huge.png")
 
-    options = UpscaleOptions(model=args.model, scale=args.scale, overwrite=True)
+    options = UpscaleOptions(model=args.model, scale=args.scale, overwrite=True,
+                             max_pixels=None)
     counts = [int(n) for n in args.workers.split(",")]
     # every setting's workers stay up (idle ones take no CPU time): Ray's CPUs are logical
     ray.init(num_cpus=sum(counts), include_dashboard=False, log_to_driver=False,
@@ -93,24 +103,33 @@ def main() -> None:
         cluster = Cluster(Upscaler(options), ClusterOptions("auto", workers=n, split_pixels=1))
         settings[f"ray {n} worker{'s' * (n > 1)}"] = cluster.run_jobs
     print(f"{args.model} x{args.scale}, {cpus} CPUs; folder: {len(lrs)} LR images "
-          f"({cases['folder'][1] / 1e6:.1f} Mpx); huge: {width}x{height} "
+          f"({folder_pixels / 1e6:.1f} Mpx); huge: {width}x{height} "
           f"(output {width * args.scale}x{height * args.scale}); median of {args.repeat} "
           f"after a warm-up round")
     for case, (inputs, pixels) in cases.items():
         times: dict[str, list[tuple[float, float]]] = {name: [] for name in settings}
         for repeat in range(args.repeat + 1):  # the first round warms up (oneDNN per shape)
-            for name, run in settings.items():
-                plan = plan_run(inputs, scale=args.scale, output_dir=str(out), overwrite=True)
+            for k, (name, run) in enumerate(settings.items()):
+                plan = plan_run(inputs, scale=args.scale, output_dir=str(out / str(k)),
+                                fmt="tiff", overwrite=True)
                 result = timed(run, plan.jobs)
                 if repeat:
                     times[name].append(result)
-        one = statistics.median(t for t, _ in times[next(k for k in settings if "ray" in k)])
+        first = next(k for k in settings if k.startswith("ray"))
+        one = statistics.median(t for t, _ in times[first])
         print(f"\n{case}:")
         for name, runs in times.items():
             seconds = statistics.median(t for t, _ in runs)
             rss = max(r for _, r in runs)
             print(f"  {name:20s} {seconds:7.2f} s  {pixels / 1e6 / seconds:6.2f} Mpx/s  "
-                  f"x{one / seconds:4.2f} vs 1 worker  driver peak RSS {rss:6.0f} MiB")
+                  f"x{one / seconds:4.2f} vs {first}  driver peak RSS {rss:6.0f} MiB")
+        if args.compare:
+            for k, name in enumerate(list(settings)[1:], 1):
+                worst = max(int(np.abs(read_image(a, max_pixels=None).pixels.astype(np.int32)
+                                       - read_image(b, max_pixels=None).pixels).max())
+                            for a, b in zip(sorted((out / "0").iterdir()),
+                                            sorted((out / str(k)).iterdir())))
+                print(f"  {name}: largest difference from the local output {worst}/255")
     ray.shutdown()
 
 
