@@ -300,7 +300,8 @@ class Blender:
         self.acc = torch.zeros(channels, rows, px.out_length)  # grows to what is held
         self.top = top  # output row of acc[:, 0]
 
-    def _reach(self, stop: int) -> None:
+    def reach(self, stop: int) -> None:
+        """Hold output rows up to ``stop``."""
         need = stop - self.top
         if need > self.acc.shape[1]:
             self.acc = torch.cat([self.acc, self.acc.new_zeros(
@@ -308,7 +309,7 @@ class Blender:
 
     def add_tiles(self, out: torch.Tensor, where: list[TileWindow]) -> None:
         """A batch's outputs (N, C, h', w'), each cut to its window and weighted."""
-        self._reach(where[-1].out_y0 + where[-1].out_h)
+        self.reach(where[-1].out_y0 + where[-1].out_h)
         for k, win in enumerate(where):
             y0 = win.out_y0 - self.top
             self.acc[:, y0 : y0 + win.out_h, win.out_x0 : win.out_x0 + win.out_w] += (
@@ -316,7 +317,7 @@ class Blender:
 
     def add_rows(self, top: int, block: np.ndarray) -> None:
         """Weighted sums (C, rows, W') of output rows from ``top`` (a band's)."""
-        self._reach(top + block.shape[1])
+        self.reach(top + block.shape[1])
         held = self.acc[:, top - self.top : top - self.top + block.shape[1]].numpy()
         np.add(held, block, out=held)
 
@@ -373,5 +374,5 @@ def band_sums(image: np.ndarray, fn: TileFn, *, scale: float, config: TileConfig
     blender = Blender(py, px, image.shape[2], np.float32, top=top)
     for where, batch in tile_batches(image, config, scale, rows):
         blender.add_tiles(fn(batch, where).float().cpu(), where)
-    blender._reach(stop)
+    blender.reach(stop)
     return top, blender.acc[:, : stop - top].numpy()
