@@ -110,7 +110,8 @@ MODELS: dict[str, ModelEntry] = {
                    {"variant": "adaformer"}, train=_ADAFORMER_TASK),
         ModelEntry("adaformer-light", "adaformer",
                    _ADAFORMER.format("-light (C = D = 48, 2 + 2 residual blocks)"),
-                   "sr_tile.models.adaformer:build", (2, 3, 4), {}, "tokens",
+                   "sr_tile.models.adaformer:build", (2, 3, 4),
+                   {4: "adaformer-light-x4.safetensors"}, "tokens",
                    {"variant": "adaformer-light"}, train=_ADAFORMER_TASK),
         ModelEntry("tadt", "tadt", _TADT.format(" (paper size, N = 8, C = 224)"),
                    "sr_tile.models.tadt:build", (2, 3, 4), {}, "branches",
@@ -198,9 +199,12 @@ def create_model(
     if weights is True and needs_weights:
         path = shipped_weights(name, scale)
         if path is None:
+            kin = [e.name for e in MODELS.values()
+                   if e.family == entry.family and shipped_weights(e.name, scale)]
+            ships = f" ({' and '.join(kin)} of its family ship{'s' * (len(kin) == 1)} them)"
             raise ConfigError(
-                f"no weights for {name} x{scale} are installed; pass --weights FILE "
-                f"or train them with 'sr-tile train'"
+                f"no weights for {name} x{scale} are installed{ships if kin else ''}; pass "
+                f"--weights FILE or train them with 'sr-tile train'"
             )
         weights = path
     if isinstance(weights, (str, Path)):
