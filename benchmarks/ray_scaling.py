@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=4, help="folder images")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--cases", default="folder,huge")
+    parser.add_argument("--no-warmup", action="store_true", help="time the first round too")
     parser.add_argument("--compare", action="store_true",
                         help="print each setting's largest difference from the local output")
     args = parser.parse_args()
@@ -104,16 +105,17 @@ def main() -> None:
         settings[f"ray {n} worker{'s' * (n > 1)}"] = cluster.run_jobs
     print(f"{args.model} x{args.scale}, {cpus} CPUs; folder: {len(lrs)} LR images "
           f"({folder_pixels / 1e6:.1f} Mpx); huge: {width}x{height} "
-          f"(output {width * args.scale}x{height * args.scale}); median of {args.repeat} "
-          f"after a warm-up round")
+          f"(output {width * args.scale}x{height * args.scale}); median of {args.repeat}"
+          f"{'' if args.no_warmup else ' after a warm-up round'}")
     for case, (inputs, pixels) in cases.items():
         times: dict[str, list[tuple[float, float]]] = {name: [] for name in settings}
-        for repeat in range(args.repeat + 1):  # the first round warms up (oneDNN per shape)
+        warmup = 0 if args.no_warmup else 1  # a first round warms up (oneDNN per shape)
+        for repeat in range(args.repeat + warmup):
             for k, (name, run) in enumerate(settings.items()):
                 plan = plan_run(inputs, scale=args.scale, output_dir=str(out / str(k)),
                                 fmt="tiff", overwrite=True)
                 result = timed(run, plan.jobs)
-                if repeat:
+                if repeat >= warmup:
                     times[name].append(result)
         first = next(k for k in settings if k.startswith("ray"))
         one = statistics.median(t for t, _ in times[first])
