@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+# A run started in the background by a non-interactive shell (``cmd &``) inherits SIGINT
+# ignored, and so would every process the tests start: the Ctrl-C tests need it handled.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

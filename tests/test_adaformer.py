@@ -274,3 +274,25 @@ def test_presets_are_calibrated_on_training_images_and_read_back(folders, traine
     up = Upscaler(UpscaleOptions(scale=4, model=NAME, weights=str(weights),
                                  routing=RoutingOptions(preset="S")))
     assert up.runner.eps == 0.5
+
+
+def test_shipped_weights_say_how_they_were_made_and_beat_bicubic(astronaut):
+    """The shipped adaformer-light x4: trained by ``sr-tile train adaformer`` (command,
+    hardware, steps and presets in the file), better than bicubic on a real photo, dense
+    and halting alike."""
+    from sr_tile.imresize import imresize_np
+    from sr_tile.metrics import psnr_y
+    from sr_tile.models.checkpoint import read_metadata
+    from sr_tile.models.registry import shipped_weights
+
+    path = shipped_weights("adaformer-light", 4)
+    assert path is not None, "adaformer-light: no shipped x4 weights"
+    meta = read_metadata(path)
+    assert meta["command"].startswith("sr-tile train adaformer") and meta["hardware"]
+    assert meta["iterations"]["train"] > 0 and set(meta["presets"]) == {"L", "M", "S"}
+    hr = np.ascontiguousarray(astronaut[32:288, 160:416])
+    lr = imresize_np(hr, 1 / 4)
+    base = psnr_y(Upscaler(UpscaleOptions(model="bicubic", scale=4)).upscale_whole(lr), hr, 4)
+    for static in (True, False):
+        up = Upscaler(UpscaleOptions(model="adaformer-light", scale=4, static=static))
+        assert psnr_y(up.upscale_whole(lr), hr, 4) > base + 0.1, static

@@ -72,15 +72,18 @@ def test_onnxruntime_matches_torch_on_a_photo(exports, photo, tile):
     """Every shipped model: ONNX Runtime's output within 1/255 of torch's, and ENAF's
     router picking the same path for at least 99 % of the tiles, at two tile sizes."""
     for (name, scale), folder in exports.items():
-        opts = UpscaleOptions(scale=scale, model=name, tile=tile)
-        ref, ort = Upscaler(opts), Upscaler(UpscaleOptions(
-            scale=scale, model=name, tile=tile, backend="onnxruntime", weights=str(folder)))
+        ort = Upscaler(UpscaleOptions(scale=scale, model=name, tile=tile,
+                                      backend="onnxruntime", weights=str(folder)))
+        dense = any("runs dense" in note for note in ort.notes)  # AdaFormer's halting: no graph
+        ref = Upscaler(UpscaleOptions(scale=scale, model=name, tile=tile, static=dense))
         a = ref.upscale_whole(photo).astype(int)
         b = ort.upscale_whole(photo).astype(int)
         assert np.abs(a - b).max() <= 1, (name, scale, tile)
-        paths_a, paths_b = ref.runner.paths, ort.runner.paths
-        same = np.mean(np.array(paths_a) == np.array(paths_b))
-        assert len(paths_a) == ort.tile_count(photo.shape[1], photo.shape[0]) and same >= 0.99
+        if hasattr(ref.runner, "paths"):  # a router that runs on ONNX Runtime picks the same
+            paths_a, paths_b = ref.runner.paths, ort.runner.paths
+            same = np.mean(np.array(paths_a) == np.array(paths_b))
+            assert len(paths_a) == ort.tile_count(photo.shape[1], photo.shape[0])
+            assert same >= 0.99, (name, scale, tile)
         assert ort.runner.flops == ref.runner.flops  # the books are the same for both
 
 
