@@ -113,6 +113,8 @@ class Worker:
         import torch
 
         torch.set_num_threads(threads)
+        # bands read the image straight from the object store (read-only) and never write it
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         self.upscaler = Upscaler(options)
 
     def pid(self) -> int:

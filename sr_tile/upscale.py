@@ -182,12 +182,10 @@ def _with_constant_alpha(bands: Iterator[np.ndarray], value) -> Iterator[np.ndar
 class Upscaler:
     """A model loaded once, applied to any number of images."""
 
-    def __init__(self, options: UpscaleOptions | None = None, *,
-                 tiler: Tiler = tiled_upscale) -> None:
-        """``tiler``: what runs an image's tiles and blends them (``sr_tile.cluster`` runs
-        them on a Ray cluster)."""
+    def __init__(self, options: UpscaleOptions | None = None) -> None:
         self.options = options = options or UpscaleOptions()
-        self.tiler = tiler
+        #: What runs an image's tiles and blends them (``sr_tile.cluster`` swaps in Ray's).
+        self.tiler: Tiler = tiled_upscale
         self.device = resolve_device(options.device)
         self.model, self.notes = load_model(options, self.device)
         self.descriptor = d = self.model.descriptor

@@ -140,7 +140,7 @@ def test_a_worker_killed_mid_run_is_restarted_and_loses_nothing(tmp_path, folder
     assert listing(tmp_path / "o") == {f"{k}.png" for k in range(4)}
     reference = Upscaler(UpscaleOptions(model="enaf-fsrcnn"))
     for k in range(4):
-        want = reference.upscale_whole(np.asarray(Image.open(folder / f"{k}.png")))
+        want = reference.upscale_whole(np.array(Image.open(folder / f"{k}.png")))
         got = np.asarray(Image.open(tmp_path / "o" / f"{k}.png"))
         assert np.array_equal(got, want)
 
