@@ -231,8 +231,7 @@ class Cluster:
         """The tiler of one huge image on the workers (an ``Upscaler.tiler``): bands of tile
         rows out, blended here in order; output rows as :func:`tiled_upscale` yields them."""
         py, px = config.plans(image.shape[0], image.shape[1], scale)
-        tile_rows = max(stop - start for start, stop in map(py.out_span, range(py.count)))
-        per_band = max(1, BAND_BYTES // (4 * image.shape[2] * px.out_length * tile_rows))
+        per_band = max(1, BAND_BYTES // (4 * image.shape[2] * px.out_length * py.out_tile))
         groups = [range(i, min(i + per_band, py.count)) for i in range(0, py.count, per_band)]
         image_ref = self.ray.put(np.ascontiguousarray(image))
         handoff = self.ray.put(runner.handoff())

@@ -80,6 +80,11 @@ class TilePlan:
         y0 = self.starts[index]
         return self.out_start(y0), self.out_start(y0 + self.tile)
 
+    @property
+    def out_tile(self) -> int:
+        """The longest output span of a tile (at a non-integer scale spans differ by one)."""
+        return max(stop - start for start, stop in map(self.out_span, range(self.count)))
+
 
 def plan_axis(length: int, tile: int, overlap: int, margin: int,
               out_length: int | None = None, *, fit: bool = False,
@@ -296,8 +301,7 @@ class Blender:
                    for i in range(py.count)]
         self.norm_x = torch.from_numpy(1.0 / weight_sum(px)).float()
         self.norm_y = torch.from_numpy(1.0 / weight_sum(py)).float()
-        rows = max(stop - start for start, stop in map(py.out_span, range(py.count)))
-        self.acc = torch.zeros(channels, rows, px.out_length)  # grows to what is held
+        self.acc = torch.zeros(channels, py.out_tile, px.out_length)  # grows to what is held
         self.top = top  # output row of acc[:, 0]
 
     def reach(self, stop: int) -> None:
