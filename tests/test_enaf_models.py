@@ -272,6 +272,40 @@ def test_psnr_estimator_shape_init_and_flops() -> None:
     assert count_flops(est, (1, 3, 32, 32), "classsr") == expected == 7_602_432
 
 
+def test_estimator_context_starts_as_identity_and_travels_with_the_file(tmp_path: Path) -> None:
+    """Context layers start as the context-free estimator, cost 2 * 9 * 128 FLOPs per 4x4
+    cell each, and a weights file decides how many the model has (files without any load
+    as they were, with the old FLOPs)."""
+    from sr_tile.models import create_model
+    from sr_tile.models.checkpoint import save_weights
+
+    torch.manual_seed(0)
+    plain = PSNREstimator().eval()
+    ctx = PSNREstimator(context=3).eval()
+    ctx.load_state_dict(plain.state_dict(), strict=False)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ctx(x, 8), plain(x, 8))
+        for conv in ctx.context:
+            conv.weight.normal_(0, 0.1)
+        assert not torch.allclose(ctx(x, 8), plain(x, 8))  # the layers are really used
+    assert count_flops(ctx, (1, 3, 32, 32), "classsr") == 7_602_432 + 3 * 2 * 9 * 128 * 64
+
+    model = create_model("enaf-fsrcnn", weights=False)
+    model.estimator = ctx
+    file = save_weights(model, tmp_path / "ctx.safetensors", name="enaf-fsrcnn", scale=4)
+    loaded = create_model("enaf-fsrcnn", weights=file)
+    assert len(loaded.estimator.context) == 3
+    assert loaded.estimator_flops(32, 32) == 7_606_272 + 3 * 2 * 9 * 128 * 64
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.predict_psnr(x), model.predict_psnr(x))
+    old = save_weights(create_model("enaf-fsrcnn", weights=False),
+                       tmp_path / "old.safetensors", name="enaf-fsrcnn", scale=4)
+    loaded.load_state_dict(load_file(str(old)))  # a context-free file drops the layers
+    assert len(loaded.estimator.context) == 0
+    assert loaded.estimator_flops(32, 32) == 7_606_272
+
+
 def _patch(img: np.ndarray, y: int, x: int, size: int = 32) -> torch.Tensor:
     crop = img[y:y + size, x:x + size]
     return torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float() / 255

@@ -461,7 +461,8 @@ def test_sub_tile_targets_teach_the_estimator_where_the_detail_is() -> None:
 def test_estimator_phase_on_a_label_pool_learns_without_running_the_backbone(
         folders, pairs, tmp_path, monkeypatch) -> None:
     cfg = tiny_config(folders, tmp_path / "run",
-                      estimator={"steps": 300, "lr": 1e-3, "batch_size": 8, "label_pool": 64})
+                      estimator={"steps": 300, "lr": 1e-3, "batch_size": 8, "label_pool": 64,
+                                 "context": 2})
     torch.manual_seed(0)
     model = create_model("enaf-fsrcnn", scale=SCALE, weights=False)
     labelled: list[int] = []
@@ -479,9 +480,13 @@ def test_estimator_phase_on_a_label_pool_learns_without_running_the_backbone(
     assert sum(labelled) == 64  # each pooled patch labelled once, for 300 steps of 8
     assert (tmp_path / "run" / "checkpoints" / "label-pool.safetensors").exists()
     assert np.mean(result.losses[-20:]) < 0.9 * np.mean(result.losses[:20])
-    with pytest.raises(ConfigError, match="phases.backbone.label_pool"):
-        load_config(default_config("enaf", "fsrcnn"), ["phases.backbone.label_pool=64"],
-                    base=tmp_path)
+    # the phase gave the estimator its two context layers, and trained them
+    assert len(model.estimator.context) == 2
+    assert all(float(conv.weight.abs().max()) > 0 for conv in model.estimator.context)
+    for key in ("label_pool=64", "context=1"):
+        with pytest.raises(ConfigError, match=f"phases.backbone.{key.split('=')[0]}"):
+            load_config(default_config("enaf", "fsrcnn"), [f"phases.backbone.{key}"],
+                        base=tmp_path)
 
 
 def test_exits_phase_with_frozen_lr_trains_the_trunk_slowly(folders, pairs, tmp_path) -> None:

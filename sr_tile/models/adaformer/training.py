@@ -17,8 +17,8 @@ times stronger than L1 itself).
 The paper trains with masks at one eps_h. Here each step draws its eps from
 [``eps_min``, ``eps_max``] (log-uniform, seeded by the step, so a resumed run draws the same),
 by default the span of the L/M/S presets, so that every preset is a trained mode rather
-than the one eps the weights were fitted at. ``dense_share`` of the steps (every
-``round(1 / dense_share)``-th) run dense with L1 alone, so that ``--static`` (the same weights
+than the one eps the weights were fitted at. ``dense_share`` of the steps (spread
+evenly) run dense with L1 alone, so that ``--static`` (the same weights
 without halting) is a trained mode too. Three 150-step trials on the real data (val crops,
 PSNR-Y dense / halting at eps 0.05): a quarter of the steps dense and one eps, 36.27 / 34.27;
 no dense step, 30.75 / 36.08 (dense untrained: not a baseline at all); a tenth dense, 36.84 /
@@ -66,8 +66,8 @@ class AdaFormerPhaseConfig(PhaseConfig):
         if not 0.0 < self.eps_min <= self.eps_max < 1.0:
             raise invalid("eps_min", f"need 0 < eps_min <= eps_max < 1, got {self.eps_min} "
                                      f"and {self.eps_max}")
-        if not 0.0 <= self.dense_share < 1.0:
-            raise invalid("dense_share", f"must be in [0, 1), got {self.dense_share}")
+        if not 0.0 <= self.dense_share <= 1.0:
+            raise invalid("dense_share", f"must be in [0, 1], got {self.dense_share}")
 
     def draw_eps(self, generator: torch.Generator) -> float:
         """This step's eps_h, log-uniform in [eps_min, eps_max]."""
@@ -75,7 +75,8 @@ class AdaFormerPhaseConfig(PhaseConfig):
         return math.exp(math.log(self.eps_min) + u * math.log(self.eps_max / self.eps_min))
 
     def dense_step(self, step: int) -> bool:
-        return self.dense_share > 0 and step % max(1, round(1 / self.dense_share)) == 0
+        """Spread the dense steps evenly: ``dense_share`` of every run of steps is dense."""
+        return math.ceil((step + 1) * self.dense_share) > math.ceil(step * self.dense_share)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,15 @@ class EnafSR(nn.Module):
         self.presets: dict[str, dict[str, float]] = {k: dict(v) for k, v in DEFAULT_PRESETS.items()}
         self._estimator_flops: dict[tuple[int, int], int] = {}
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # noqa: ANN001, ANN201
+        """Load weights; the estimator takes as many context layers as ``state_dict`` holds
+        (files trained before they existed have none, and load as they were)."""
+        prefix = "estimator.context."
+        layers = {key[len(prefix):].split(".")[0] for key in state_dict if key.startswith(prefix)}
+        self.estimator.set_context(len(layers))
+        self._estimator_flops.clear()
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     @property
     def runner_cls(self) -> type:
         """The runner that routes tiles through this model (``sr_tile.runner.make_runner``)."""

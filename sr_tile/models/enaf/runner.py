@@ -90,8 +90,9 @@ class ExitRunner(TileRunner):
 
         Tiles on the sub-tile grid (start and size multiples of ``ESTIMATOR_PART``; all but
         the last row and column for the default 32/8 tiling) combine their sub-tiles' PSNRs
-        from one map of the whole image: the same numbers as reading each tile (to float
-        rounding, tested), at ~1/1.8 of the cost. The other tiles are read one by one.
+        from one map of the whole image: for a context-free estimator the same numbers as
+        reading each tile (to float rounding, tested), at ~1/1.8 of the cost. The other tiles
+        are read one by one.
         """
         part, paths = ESTIMATOR_PART, self.model.num_paths
         u = torch.empty(py.count, px.count, paths)
@@ -124,8 +125,9 @@ class ExitRunner(TileRunner):
         the grid from its top-left corner, in bands of ``ESTIMATOR_ROWS`` rows.
 
         A band is cut into non-overlapping ``b x b`` blocks (zero-padded at the right and
-        bottom; the estimator reads each sub-tile alone, so padding changes no kept value) and
-        run as one batch: torch runs a one-image band's 1x1 convolutions on a slow path.
+        bottom) and run as one batch: torch runs a one-image band's 1x1 convolutions on a slow
+        path. A context-free estimator reads each sub-tile alone, so the blocks change no
+        value; with context layers each block is read as the 32x32 patches it was trained on.
         """
         height, width = (n // part * part for n in color.shape[:2])
         b = ESTIMATOR_BLOCK

@@ -66,10 +66,15 @@ class EnafPhaseConfig(PhaseConfig):
     draws from them, with a random flip/transpose per batch, instead of labelling every
     batch anew. Steps then cost only the estimator, so the phase can take thousands of them.
     None labels every batch (the paper's way).
+
+    ``context`` (phase ``estimator`` only): give the estimator this many context layers
+    (``PSNREstimator``'s ``context``; new ones start as the identity) before it trains; None
+    keeps what the model has.
     """
 
     frozen_lr: float | None = None
     label_pool: int | None = None
+    context: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -77,6 +82,8 @@ class EnafPhaseConfig(PhaseConfig):
             raise invalid("frozen_lr", f"must be >= 0, got {self.frozen_lr}")
         if self.label_pool is not None and self.label_pool <= 0:
             raise invalid("label_pool", f"must be > 0, got {self.label_pool}")
+        if self.context is not None and not 0 <= self.context <= 3:
+            raise invalid("context", f"must be 0-3, got {self.context}")
 
 
 @dataclass(frozen=True)
@@ -89,8 +96,9 @@ class EnafPhases(PhasesConfig):
 
     def __post_init__(self) -> None:
         for name in ("backbone", "exits"):
-            if self.get(name).label_pool is not None:
-                raise invalid(f"{name}.label_pool", "only the estimator phase has one")
+            for key in ("label_pool", "context"):
+                if getattr(self.get(name), key) is not None:
+                    raise invalid(f"{name}.{key}", "only the estimator phase has one")
 
 
 PHASES = EnafPhases.names()
@@ -335,6 +343,8 @@ def _set_trainable(model: EnafSR, phase: str,
         if config.frozen_lr is not None:
             rest = [*bb.segments.parameters(), *full_head.parameters()]
     elif phase == "estimator":
+        if config.context is not None:
+            model.estimator.set_context(config.context)
         main = list(model.estimator.parameters())
     else:
         raise ConfigError(f"unknown phase {phase!r}; phases: {', '.join(PHASES)}")
