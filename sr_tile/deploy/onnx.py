@@ -10,7 +10,8 @@ with ``model.onnx_unsupported`` (a string); a static network needs neither.
 Every graph has dynamic batch, height and width axes (the dynamo exporter, ``dynamic_shapes``)
 and opset :data:`OPSET`; window sizes and masks come from the runtime input shape. Each file
 carries its identity in its metadata (``sr_tile.*`` keys: model, scale, version, part, the
-full list of parts, its classsr FLOPs on one default tile, the preset table, the weights' hash).
+full list of parts, its classsr FLOPs on one default tile, the preset table, the weights' hash,
+the name and shape of every tensor of the weights).
 
 Loading (:func:`onnx_model`) builds the model's torch graph untrained and puts an
 :class:`OrtPart` in each part's place. The torch graph stays as the *reference* of the parts:
@@ -129,6 +130,8 @@ def export_onnx(name: str, *, scale: float, out_dir: str | os.PathLike[str],
         "sr_tile.presets": json.dumps(getattr(model, "presets", {})),
         "sr_tile.weights_sha256": weights_hash(source),
         "sr_tile.routing": d.routing.value if len(parts) > 1 else "none",
+        # what the runtime rebuilds its reference model from (see onnx_model)
+        "sr_tile.shapes": json.dumps({k: list(v.shape) for k, v in model.state_dict().items()}),
     }
     from sr_tile.flops import count_flops
 
@@ -344,6 +347,13 @@ def onnx_model(name: str, *, scale: float, weights: str | Path | None, device: t
     if json.loads(meta.get("sr_tile.parts", "[]")) != [p.name for p in parts]:
         raise ConfigError(f"{folder}: its parts {meta.get('sr_tile.parts')} are not those of "
                           f"{name} in sr-tile {__version__}; export it again")
+    # a model whose layers follow its weights file (ENAF's estimator context) gets the tensors
+    # the fresh one lacks, so that its FLOPs are counted on the exported architecture
+    fresh = model.state_dict()
+    extra = {k: torch.zeros(shape) for k, shape in
+             json.loads(meta.get("sr_tile.shapes") or "{}").items() if k not in fresh}
+    if extra:
+        model.load_state_dict(extra, strict=False)
     presets = json.loads(meta.get("sr_tile.presets") or "{}")
     if presets and hasattr(model, "presets"):
         model.presets = {k.upper(): v for k, v in presets.items()}
