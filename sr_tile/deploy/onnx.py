@@ -349,7 +349,7 @@ def onnx_model(name: str, *, scale: float, weights: str | Path | None, device: t
                           f"{name} in sr-tile {__version__}; export it again")
     # a model whose layers follow its weights file (ENAF's estimator context) gets the tensors
     # the fresh one lacks, so that its FLOPs are counted on the exported architecture
-    fresh = model.state_dict()
+    fresh = model.state_dict().keys()
     extra = {k: torch.zeros(shape) for k, shape in
              json.loads(meta.get("sr_tile.shapes") or "{}").items() if k not in fresh}
     if extra:

@@ -12,6 +12,7 @@ from torch import nn
 from sr_tile.models.layers import ConvAct
 
 BLANK_THRESHOLD = 10.0  # ENAF's epsilon: a patch is blank when its score is <= this
+MAX_CONTEXT = 3  # context layers: at most one before each of the three 1x1 layers
 
 
 class PSNREstimator(nn.Module):
@@ -30,7 +31,7 @@ class PSNREstimator(nn.Module):
     an L1 loss on ``p0`` and on the gains (of every sub-tile, for ENAF's ``part=8`` reading).
     ``fc.bias`` starts at ``[init_psnr, 0, ...]``.
 
-    ``context`` (0-3, not in ClassSR or ENAF): before each of the first ``context`` 1x1
+    ``context`` (0 to ``MAX_CONTEXT``, not in ClassSR or ENAF): before each of the first ``context`` 1x1
     layers, a residual depthwise 3x3 convolution over the grid of 4x4 cells, so that a cell
     sees its neighbours (receptive field 4 + 8 * context LR px) for 2 * 9 * width FLOPs per
     cell each (~1.9 % of the estimator). Zero-initialised, they start as the context-free
@@ -62,10 +63,9 @@ class PSNREstimator(nn.Module):
 
     def set_context(self, n: int) -> None:
         """Keep the first ``n`` context layers, adding zero-initialised ones as needed."""
-        if not 0 <= n <= len(self.body):
-            raise ValueError(f"context must be 0-{len(self.body)}, got {n}")
-        width = self.conv_first.out_channels
-        param = self.conv_first.weight
+        if not 0 <= n <= MAX_CONTEXT:
+            raise ValueError(f"context must be 0-{MAX_CONTEXT}, got {n}")
+        width, param = self.conv_first.out_channels, self.conv_first.weight
         while len(self.context) > n:
             del self.context[-1]
         while len(self.context) < n:

@@ -43,11 +43,14 @@ class EnafSR(nn.Module):
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # noqa: ANN001, ANN201
         """Load weights; the estimator takes as many context layers as ``state_dict`` holds
-        (files trained before they existed have none, and load as they were)."""
-        prefix = "estimator.context."
-        layers = {key[len(prefix):].split(".")[0] for key in state_dict if key.startswith(prefix)}
-        self.estimator.set_context(len(layers))
-        self._estimator_flops.clear()
+        (files trained before they existed have none, and load as they were). A partial
+        state without the estimator leaves it as it is."""
+        if any(key.startswith("estimator.") for key in state_dict):
+            prefix = "estimator.context."
+            layers = {key[len(prefix):].split(".")[0] for key in state_dict
+                      if key.startswith(prefix)}
+            self.estimator.set_context(len(layers))
+            self._estimator_flops.clear()
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @property

@@ -34,6 +34,7 @@ from safetensors import safe_open
 from sr_tile.errors import ConfigError
 from sr_tile.metrics import psnr_y
 from sr_tile.models.checkpoint import save_safetensors
+from sr_tile.models.enaf.estimator import MAX_CONTEXT
 from sr_tile.models.enaf.model import EnafSR
 from sr_tile.models.enaf.multiexit import MultiExitSR
 from sr_tile.models.layers import small_init_
@@ -82,8 +83,8 @@ class EnafPhaseConfig(PhaseConfig):
             raise invalid("frozen_lr", f"must be >= 0, got {self.frozen_lr}")
         if self.label_pool is not None and self.label_pool <= 0:
             raise invalid("label_pool", f"must be > 0, got {self.label_pool}")
-        if self.context is not None and not 0 <= self.context <= 3:
-            raise invalid("context", f"must be 0-3, got {self.context}")
+        if self.context is not None and not 0 <= self.context <= MAX_CONTEXT:
+            raise invalid("context", f"must be 0-{MAX_CONTEXT}, got {self.context}")
 
 
 @dataclass(frozen=True)
