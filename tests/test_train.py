@@ -458,6 +458,27 @@ def test_sub_tile_targets_teach_the_estimator_where_the_detail_is() -> None:
     assert float((gains[:, -1].argmax(1) == where).float().mean()) > 0.9
 
 
+def test_tile_loss_adds_the_l1_of_the_combined_gains() -> None:
+    """``tile_loss`` w adds w x the L1 of the gains of each patch's PSNRs combined by hand: the
+    PSNR of its sub-tiles' mean MSE, -10 log10(mean(10^(-u/10)))."""
+    torch.manual_seed(0)
+    model = create_model("enaf-fsrcnn", scale=SCALE, weights=False)
+    lr = torch.rand(3, 3, 16, 16)
+    targets = 30.0 + 10.0 * torch.rand(3, 4, 2, 2)
+
+    def by_hand(u: torch.Tensor) -> torch.Tensor:  # (N, paths, 2, 2) -> gains of the patch
+        psnr = -10.0 * torch.log10(torch.pow(10.0, -u.double() / 10.0).mean(dim=(2, 3)))
+        return torch.cat([psnr[:, :1], psnr[:, 1:] - psnr[:, :1]], dim=1)
+
+    with torch.no_grad():
+        pred = model.estimator.psnr_map(lr, 8)
+        plain = enaf_train._estimator_loss(model, lr, targets)
+        both = enaf_train._estimator_loss(model, lr, targets, tile_loss=0.5)
+    expected = 0.5 * (by_hand(pred) - by_hand(targets)).abs().mean()
+    assert float(expected) > 0.01
+    assert float(both - plain) == pytest.approx(float(expected), rel=1e-4)
+
+
 def test_estimator_phase_on_a_label_pool_learns_without_running_the_backbone(
         folders, pairs, tmp_path, monkeypatch) -> None:
     cfg = tiny_config(folders, tmp_path / "run",
@@ -483,7 +504,7 @@ def test_estimator_phase_on_a_label_pool_learns_without_running_the_backbone(
     # the phase gave the estimator its two context layers, and trained them
     assert len(model.estimator.context) == 2
     assert all(float(conv.weight.detach().abs().max()) > 0 for conv in model.estimator.context)
-    for key in ("label_pool=64", "context=1"):
+    for key in ("label_pool=64", "context=1", "tile_loss=1"):
         with pytest.raises(ConfigError, match=f"phases.backbone.{key.split('=')[0]}"):
             load_config(default_config("enaf", "fsrcnn"), [f"phases.backbone.{key}"],
                         base=tmp_path)

@@ -34,7 +34,7 @@ from safetensors import safe_open
 from sr_tile.errors import ConfigError
 from sr_tile.metrics import psnr_y
 from sr_tile.models.checkpoint import save_safetensors
-from sr_tile.models.enaf.estimator import MAX_CONTEXT
+from sr_tile.models.enaf.estimator import MAX_CONTEXT, combine_psnr
 from sr_tile.models.enaf.model import EnafSR
 from sr_tile.models.enaf.multiexit import MultiExitSR
 from sr_tile.models.layers import small_init_
@@ -71,11 +71,17 @@ class EnafPhaseConfig(PhaseConfig):
     ``context`` (phase ``estimator`` only): give the estimator this many context layers
     (``PSNREstimator``'s ``context``; new ones start as the identity) before it trains; None
     keeps what the model has.
+
+    ``tile_loss`` (phase ``estimator`` only, with sub-tile targets): weight of a second L1
+    term on the patch's gains, its sub-tiles' PSNRs combined by their mean MSE as fusion
+    reads a tile (``combine_psnr``). The sub-tile term weighs every sub-tile alike; the tile
+    term weighs them by their error, as a tile's PSNR does. None (0) trains sub-tiles only.
     """
 
     frozen_lr: float | None = None
     label_pool: int | None = None
     context: int | None = None
+    tile_loss: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -85,6 +91,8 @@ class EnafPhaseConfig(PhaseConfig):
             raise invalid("label_pool", f"must be > 0, got {self.label_pool}")
         if self.context is not None and not 0 <= self.context <= MAX_CONTEXT:
             raise invalid("context", f"must be 0-{MAX_CONTEXT}, got {self.context}")
+        if self.tile_loss is not None and self.tile_loss < 0:
+            raise invalid("tile_loss", f"must be >= 0, got {self.tile_loss}")
 
 
 @dataclass(frozen=True)
@@ -97,7 +105,7 @@ class EnafPhases(PhasesConfig):
 
     def __post_init__(self) -> None:
         for name in ("backbone", "exits"):
-            for key in ("label_pool", "context"):
+            for key in ("label_pool", "context", "tile_loss"):
                 if getattr(self.get(name), key) is not None:
                     raise invalid(f"{name}.{key}", "only the estimator phase has one")
 
@@ -358,7 +366,7 @@ def _set_trainable(model: EnafSR, phase: str,
 
 
 def _phase_loss(model: EnafSR, phase: str, lr: torch.Tensor, hr: torch.Tensor,
-                trunk_trains: bool, l2: bool = False) -> torch.Tensor:
+                trunk_trains: bool, l2: bool = False, tile_loss: float = 0.0) -> torch.Tensor:
     bb = model.backbone
     full = bb.num_paths - 1
     pixel_loss = F.mse_loss if l2 else F.l1_loss
@@ -368,20 +376,26 @@ def _phase_loss(model: EnafSR, phase: str, lr: torch.Tensor, hr: torch.Tensor,
         paths = (1, 2, full) if trunk_trains else (1, 2)
         outs = bb.path_outputs(lr, paths)
         return torch.stack([pixel_loss(outs[p], hr) for p in paths]).sum()
-    return _estimator_loss(model, lr, estimator_targets(model, lr, hr))
+    return _estimator_loss(model, lr, estimator_targets(model, lr, hr), tile_loss)
 
 
-def _estimator_loss(model: EnafSR, lr: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _estimator_loss(model: EnafSR, lr: torch.Tensor, targets: torch.Tensor,
+                    tile_loss: float = 0.0) -> torch.Tensor:
     """L1 on bicubic's PSNR and on every gain over it, per sub-tile when ``targets`` are maps:
     each sub-tile is trained on its own PSNRs, as it is read at inference, instead of the
-    combined PSNR of the patch (which says nothing of which sub-tile holds the detail)."""
+    combined PSNR of the patch alone (which says nothing of which sub-tile holds the detail).
+    ``tile_loss`` > 0 adds, with that weight, the same L1 on the combined PSNRs
+    (``EnafPhaseConfig.tile_loss``)."""
     est = model.estimator
-    if targets.dim() == 4:
-        pred = est.psnr_map(lr, lr.shape[-1] // targets.shape[-1]).movedim(1, -1)
-        targets = targets.movedim(1, -1)
-    else:
-        pred = est(lr)
-    return F.l1_loss(est.to_gains(pred), est.to_gains(targets))
+    if targets.dim() != 4:
+        return F.l1_loss(est.to_gains(est(lr)), est.to_gains(targets))
+    pred = est.psnr_map(lr, lr.shape[-1] // targets.shape[-1]).flatten(2).movedim(1, -1)
+    targets = targets.flatten(2).movedim(1, -1)  # (N, sub-tiles, paths)
+    loss = F.l1_loss(est.to_gains(pred), est.to_gains(targets))
+    if tile_loss:
+        loss = loss + tile_loss * F.l1_loss(est.to_gains(combine_psnr(pred, dim=1)),
+                                            est.to_gains(combine_psnr(targets, dim=1)))
+    return loss
 
 
 @torch.no_grad()
@@ -471,10 +485,12 @@ class EnafTask(TrainTask):
              batch: Callable[[], tuple[torch.Tensor, torch.Tensor]], step: int,
              generator: torch.Generator, device: torch.device) -> torch.Tensor:
         if state is not None and state.pool is not None:
-            return _estimator_loss(model, *state.pool.batch(config.batch_size, generator, device))
+            return _estimator_loss(model, *state.pool.batch(config.batch_size, generator, device),
+                                   config.tile_loss or 0.0)
         lr, hr = batch()
         trunk_trains = phase == "exits" and config.frozen_lr is not None
-        return _phase_loss(model, phase, lr, hr, trunk_trains, l2=step < config.l2_warmup)
+        return _phase_loss(model, phase, lr, hr, trunk_trains, l2=step < config.l2_warmup,
+                           tile_loss=config.tile_loss or 0.0)
 
     def evaluate(self, model: torch.nn.Module, val: ValSet, device: torch.device,
                  state: Any = None) -> dict[str, Any]:
