@@ -181,12 +181,15 @@ def test_training_lowers_the_loss(folders, tmp_path):
 
 
 def test_training_exports_weights_that_load(trained):
-    assert set(trained.val["psnr_y"]) == {"dense", "halting"}
+    assert set(trained.val["psnr_y"]) == {"dense", "halting", "no_tsab"}
     assert len(trained.val["halted"]) == 6
     loaded = create_model(NAME, weights=trained.export_path)
     x = torch.rand(2, 3, 16, 16)
     with torch.no_grad():
         assert torch.equal(loaded(x), trained.model.eval()(x))
+        # depth: the first TSABs only (the val's "no_tsab" runs none)
+        assert torch.equal(loaded(x, depth=len(loaded.blocks)), loaded(x))
+        assert not torch.allclose(loaded(x, depth=0), loaded(x))
 
 
 def test_resume_after_interrupt_equals_uninterrupted(folders, trained, tmp_path):

@@ -286,13 +286,15 @@ class AdaFormer(nn.Module):
         side = 4 * self.descriptor.size_multiple
         return [ExportPart("model", Residual(self), torch.rand(2, 3, side, side), skip=True)]
 
-    def forward(self, x: torch.Tensor, *, skip: bool = True) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *, skip: bool = True, depth: int | None = None
+                ) -> torch.Tensor:
         """The dense network: every token through every TSAB (``skip=False``: without the
-        bicubic global skip)."""
+        bicubic global skip; ``depth``: through the first ``depth`` TSABs only, 0 for none,
+        which says how much the TSABs add)."""
         self._check(x)
         feats, tokens = self._encode(x)
         b, h, w, d = tokens.shape
-        for block in self.blocks:
+        for block in self.blocks[:depth]:
             y = block.norm1(tokens)
             mixed = (window_merge(block.local(window_split(y, self.config.window)), b, h, w)
                      + block.glob(y.reshape(b, h * w, d)).view(b, h, w, d))

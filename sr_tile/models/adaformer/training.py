@@ -101,23 +101,26 @@ def usl_loss(confidences: list[torch.Tensor], sr: torch.Tensor, hr: torch.Tensor
 
 @torch.no_grad()
 def evaluate(model: AdaFormer, val: ValSet, device: torch.device) -> dict[str, Any]:
-    """Mean PSNR-Y of the dense and the halting network on the val crops, and the share of
-    halted tokens per TSAB."""
+    """Mean PSNR-Y of the dense and the halting network on the val crops, of the network
+    with no TSAB (what the TSABs add: a halting that saves time because they add nothing is
+    no success), and the share of halted tokens per TSAB."""
     was_training = model.training
     model.eval()
-    dense, halting = [], []
+    dense, halting, no_tsab = [], [], []
     halted = np.zeros(len(model.blocks))
     for start in range(0, len(val), _VAL_BATCH):
         lr = val.lr[start:start + _VAL_BATCH].to(device).float().div_(255.0)
         hr = val.hr[start:start + _VAL_BATCH].permute(0, 2, 3, 1).numpy()
         out_halt, trace = model.forward_halting(lr)
         halted += np.array(trace.token_sparsity()) * lr.shape[0]
-        for scores, out in ((dense, model(lr)), (halting, out_halt)):
+        for scores, out in ((dense, model(lr)), (halting, out_halt),
+                            (no_tsab, model(lr, depth=0))):
             sr = (out.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
             scores += [psnr_y(a, b, crop_border=val.scale) for a, b in zip(sr.numpy(), hr)]
     model.train(was_training)
     return {"psnr_y": {"dense": round(float(np.mean(dense)), 4),
-                       "halting": round(float(np.mean(halting)), 4)},
+                       "halting": round(float(np.mean(halting)), 4),
+                       "no_tsab": round(float(np.mean(no_tsab)), 4)},
             "halted": [round(float(v), 3) for v in halted / len(val)]}
 
 
@@ -148,6 +151,7 @@ class AdaFormerTask(TrainTask):
     def format_val(self, result: dict[str, Any]) -> str:
         psnr = result["psnr_y"]
         return (f"PSNR-Y dense {psnr['dense']:.2f}, halting {psnr['halting']:.2f}"
+                f" (TSABs add {psnr['dense'] - psnr['no_tsab']:+.3f} dB)"
                 f"; halted tokens per TSAB "
                 + "/".join(f"{100 * v:.0f}" for v in result["halted"]) + " %")
 
