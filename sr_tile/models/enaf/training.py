@@ -484,13 +484,14 @@ class EnafTask(TrainTask):
     def loss(self, model: torch.nn.Module, phase: str, config: PhaseConfig, state: Any,
              batch: Callable[[], tuple[torch.Tensor, torch.Tensor]], step: int,
              generator: torch.Generator, device: torch.device) -> torch.Tensor:
+        tile_loss = config.tile_loss or 0.0
         if state is not None and state.pool is not None:
             return _estimator_loss(model, *state.pool.batch(config.batch_size, generator, device),
-                                   config.tile_loss or 0.0)
+                                   tile_loss)
         lr, hr = batch()
         trunk_trains = phase == "exits" and config.frozen_lr is not None
         return _phase_loss(model, phase, lr, hr, trunk_trains, l2=step < config.l2_warmup,
-                           tile_loss=config.tile_loss or 0.0)
+                           tile_loss=tile_loss)
 
     def evaluate(self, model: torch.nn.Module, val: ValSet, device: torch.device,
                  state: Any = None) -> dict[str, Any]:
