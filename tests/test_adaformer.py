@@ -180,6 +180,36 @@ def test_training_lowers_the_loss(folders, tmp_path):
     assert loss() < 0.9 * before
 
 
+def test_halting_phase_trains_the_estimator_alone(folders, trained, tmp_path):
+    """Phase ``halting``: L_USL with masked halting lowers, and no weight outside the
+    confidence estimator moves."""
+    from sr_tile.train import engine
+    from sr_tile.train.data import PatchSampler, load_pairs, step_generator
+    from sr_tile.train.state import RunDir
+
+    task = training.AdaFormerTask()
+    phase = training.AdaFormerPhaseConfig(steps=20, lr=1e-2, batch_size=4, eps_min=0.05,
+                                          eps_max=0.05)
+    pairs = load_pairs(folders["train"], scale=4, cache_dir=folders["root"] / "cache",
+                       label="train")[0]
+    sampler = PatchSampler(pairs, scale=4, lr_patch=16)
+    lr, hr = sampler.batch(8, step_generator(9, 0, 0))
+    model = create_model(NAME, weights=trained.export_path)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def loss() -> float:
+        with torch.no_grad():
+            return task.loss(model, "halting", phase, None, lambda: (lr, hr), 0,
+                             torch.Generator(), torch.device("cpu")).item()
+
+    start = loss()
+    engine.train_phase(task, model, "halting", phase, sampler=sampler, run=RunDir(tmp_path),
+                       seed=0, device=torch.device("cpu"))
+    assert loss() < start
+    moved = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert moved and all(k.startswith("estimator.") for k in moved), moved
+
+
 def test_training_exports_weights_that_load(trained):
     assert set(trained.val["psnr_y"]) == {"dense", "halting", "no_tsab"}
     assert len(trained.val["halted"]) == 6

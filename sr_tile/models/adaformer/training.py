@@ -1,4 +1,4 @@
-"""AdaFormer's training task: one phase on the shared engine, L = L1 + alpha * L_USL (Eq. 25).
+"""AdaFormer's training task on the shared engine: L1 + alpha * L_USL (Eq. 25), then the estimator.
 
 During training, halting works by masks (``AdaFormer.forward_masked``). The uncertainty loss
 (Eq. 17, missing from the authors' code) trains the confidence estimator:
@@ -23,6 +23,12 @@ without halting) is a trained mode too. Three 150-step trials on the real data (
 PSNR-Y dense / halting at eps 0.05): a quarter of the steps dense and one eps, 36.27 / 34.27;
 no dense step, 30.75 / 36.08 (dense untrained: not a baseline at all); a tenth dense, 36.84 /
 36.38, the shipped config.
+
+A second phase, ``halting`` (0 steps unless set), trains the estimator alone: L_USL over
+masked halting with every other weight frozen. Masked steps that halt early let the network
+learn to do without its TSABs (the shipped light model's first runs: the TSABs added under
+0.01 dB, so every token halted before the first); a network trained dense, then an estimator
+fitted to it, keeps what the TSABs add and only learns where to skip them.
 """
 
 from __future__ import annotations
@@ -81,9 +87,12 @@ class AdaFormerPhaseConfig(PhaseConfig):
 
 @dataclass(frozen=True)
 class AdaFormerPhases(PhasesConfig):
-    """AdaFormer trains in one phase."""
+    """``train``: the whole network, L1 + alpha * L_USL with masked halting (``dense_share``
+    of the steps dense). ``halting`` (optional, 0 steps by default): the confidence estimator
+    alone, L_USL with masked halting, every other weight frozen (``dense_share`` unused)."""
 
     train: AdaFormerPhaseConfig
+    halting: AdaFormerPhaseConfig = AdaFormerPhaseConfig(steps=0)
 
 
 def usl_loss(confidences: list[torch.Tensor], sr: torch.Tensor, hr: torch.Tensor
@@ -129,15 +138,27 @@ class AdaFormerTask(TrainTask):
 
     name = "adaformer"
     summary = "AdaFormer token-halting transformer: L1 + uncertainty loss, masked halting"
-    phases = ("train",)
+    phases = ("train", "halting")
     phases_config = AdaFormerPhases
     configs = {"light": "adaformer_light.yaml", "adaformer": "adaformer.yaml"}
     default_variant = "light"
+
+    def param_groups(self, model: torch.nn.Module, phase: str,
+                     config: PhaseConfig) -> list[dict[str, Any]]:
+        trained = model.estimator.parameters() if phase == "halting" else model.parameters()
+        model.requires_grad_(phase != "halting")
+        params = list(trained)
+        for p in params:
+            p.requires_grad_(True)
+        return [{"params": params, "lr": config.lr, "base_lr": config.lr}]
 
     def loss(self, model: torch.nn.Module, phase: str, config: PhaseConfig, state: Any,
              batch: Callable[[], tuple[torch.Tensor, torch.Tensor]], step: int,
              generator: torch.Generator, device: torch.device) -> torch.Tensor:
         lr, hr = batch()
+        if phase == "halting":  # the network is frozen: L1 would train nothing
+            sr, confidences = model.forward_masked(lr, config.draw_eps(generator))
+            return usl_loss(confidences, sr, hr)
         pixel = F.mse_loss if step < config.l2_warmup else F.l1_loss
         if config.dense_step(step):
             return pixel(model(lr), hr)
