@@ -276,6 +276,20 @@ def test_patch_psnr_matches_metrics(pairs) -> None:
         assert torch.allclose(blocks[:, i, j], ref, atol=1e-4)
 
 
+def test_presets_take_the_cheapest_setting_within_their_loss_or_say_none_is() -> None:
+    from sr_tile.train.calibration import pick_presets, unmet_caption
+
+    table = [{"eps": 0.5, "loss_db": 0.2, "flops_pct": 50.0},
+             {"eps": 0.1, "loss_db": 0.04, "flops_pct": 70.0},
+             {"eps": 0.01, "loss_db": 0.03, "flops_pct": 90.0}]
+    limits = {"L": 0.02, "M": 0.05, "S": 0.3}
+    presets = pick_presets(table, ("eps",), limits)
+    assert presets == {"L": {"eps": 0.01}, "M": {"eps": 0.1}, "S": {"eps": 0.5}}
+    assert unmet_caption({"table": table, "thresholds_db": limits}) == (
+        "no setting within L's 0.02 dB: it takes the most accurate one")
+    assert unmet_caption({"table": table[1:], "thresholds_db": {"M": 0.05}}) is None
+
+
 def test_cosine_lr() -> None:
     assert engine.cosine_lr(0, 100, 1e-3, 1e-8) == pytest.approx(1e-3)
     assert engine.cosine_lr(50, 100, 1e-3, 1e-8) == pytest.approx(0.5e-3, rel=1e-4)

@@ -49,6 +49,18 @@ def pick_presets(table: list[dict[str, Any]], keys: tuple[str, ...],
     return presets
 
 
+def unmet_caption(calibration: dict[str, Any]) -> str | None:
+    """A line naming the presets that no setting meets (they take the most accurate one,
+    see :func:`pick_presets`), for the calibration table; None when every preset holds."""
+    limits = calibration["thresholds_db"]
+    missed = [n for n, limit in limits.items()
+              if all(r["loss_db"] > limit for r in calibration["table"])]
+    if not missed:
+        return None
+    return ("no setting within " + ", ".join(f"{n}'s {limits[n]:g} dB" for n in missed)
+            + ": " + ("it takes" if len(missed) == 1 else "they take") + " the most accurate one")
+
+
 def write_presets(weights: str | Path, calibration: dict[str, Any]) -> None:
     """Store the presets (and how they were found) in the weights file's metadata."""
     path = Path(weights)

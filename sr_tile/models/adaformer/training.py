@@ -182,14 +182,15 @@ class AdaFormerTask(TrainTask):
         """After export (or ``--phase calibrate``): eps_h of the L/M/S presets, calibrated on
         training images against the dense network and written into the weights file."""
         from sr_tile.models.adaformer.calibrate import calibrate
-        from sr_tile.train.calibration import start, write_presets
+        from sr_tile.train.calibration import start, unmet_caption, write_presets
 
         weights, _, on_image = start(cfg, weights, console)
         result = calibrate(cfg.model, weights, cfg.data.train_dir, scale=cfg.scale,
                            on_image=on_image)
         write_presets(weights, result)
         table = Table(title=f"presets of {weights.name} (loss vs dense, "
-                            f"{len(result['images'])} training images)", title_justify="left")
+                            f"{len(result['images'])} training images)", title_justify="left",
+                      caption=unmet_caption(result))
         for name in ("eps", "PSNR-Y loss", "FLOPs % of dense", "halted (last TSAB)", "preset"):
             table.add_column(name, justify="right")
         for row in result["table"]:

@@ -513,7 +513,7 @@ def calibrate_presets(cfg: Any, weights: Path | None, console: Console | None) -
     """Find the L/M/S presets on training images, store them in the weights file; the table
     of the settings that no other beats on both loss and FLOPs."""
     from sr_tile.models.enaf.calibrate import calibrate
-    from sr_tile.train.calibration import start, write_presets
+    from sr_tile.train.calibration import start, unmet_caption, write_presets
 
     weights, _, on_image = start(cfg, weights, console)
     result = calibrate(cfg.model, weights, cfg.data.train_dir, scale=cfg.scale,
@@ -528,7 +528,7 @@ def calibrate_presets(cfg: Any, weights: Path | None, console: Console | None) -
     table = Table(title=f"presets of {weights.name} (loss vs full network, "
                         f"{len(result['images'])} training images; the {len(front)} of "
                         f"{len(rows)} settings that no other beats on both)",
-                  title_justify="left")
+                  title_justify="left", caption=unmet_caption(result))
     for name in ("gamma", "eta", "PSNR-Y loss", "FLOPs % (estimator incl.)", "preset"):
         table.add_column(name, justify="right")
     for row in reversed(front):
