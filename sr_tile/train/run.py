@@ -290,7 +290,8 @@ def _run(task: TrainTask, cfg: TrainConfig, run: RunDir, device: torch.device,
             model, cfg, cfg.export_path, history=history, val=final_val, data_info=data_info,
             hardware=hardware, command=command, phases=task.phases)
         log.write("export", path=str(export_path), phases_done=done_phases)
-        missing = [p for p in task.phases if p not in history]
+        missing = [p for p in task.phases  # an optional phase set to 0 steps is not missing
+                   if p not in history and cfg.phases.get(p).steps > 0]
         if missing and console is not None:
             console.print(f"[yellow]warning:[/] exported with phases {', '.join(missing)} not "
                           "trained")
