@@ -166,6 +166,9 @@ def _pad_symmetric(x: torch.Tensor, lo: int, hi: int, dim: int) -> torch.Tensor:
     return torch.cat(parts, dim)
 
 
+POLYPHASE_BAND = 16384  # LR pixels per band of ``_upscale_polyphase`` (per channel)
+
+
 def _upscale_polyphase(x: torch.Tensor, scale: int) -> torch.Tensor:
     """Integer bicubic upscaling as one conv (``scale^2`` phases) and a pixel shuffle.
 
@@ -180,7 +183,16 @@ def _upscale_polyphase(x: torch.Tensor, scale: int) -> torch.Tensor:
     h, w = x.shape[-2:]
     flat = x.reshape(-1, 1, h, w)
     flat = _pad_symmetric(_pad_symmetric(flat, lo, hi, 2), lo, hi, 3)
-    out = pixel_shuffle(torch.nn.functional.conv2d(flat, weight), scale)
+    # in bands of rows, each channels-last (one channel: the same memory, but oneDNN then
+    # picks a ~6x faster kernel for a band): a 400x512 image took 15 ms instead of 60
+    rows = max(1, POLYPHASE_BAND // max(w, 1))
+    out = flat.new_empty(flat.shape[0], 1, h * scale, w * scale)
+    for top in range(0, h, rows):
+        n = min(rows, h - top)
+        band = torch.nn.functional.conv2d(
+            flat[:, :, top:top + n + taps - 1].contiguous(memory_format=torch.channels_last),
+            weight)
+        out[:, :, top * scale:(top + n) * scale] = pixel_shuffle(band, scale)
     return out.reshape(*x.shape[:-2], h * scale, w * scale)
 
 

@@ -194,18 +194,20 @@ class Upscaler:
                              f"{options.precision}")
         if options.tta and not float(d.scale).is_integer():
             raise UsageError("--tta needs an integer scale (a rotated tile samples another grid)")
-        default_tile = d.default_tile if self.routed else (d.static_tile or d.default_tile)
+        default_tile, default_overlap, margin = (
+            (d.default_tile, d.default_overlap, d.margin) if self.routed else d.static_tiling)
         self.tiling = TileConfig.resolve(
             tile=options.tile,
             overlap=options.overlap,
-            margin=d.margin,
+            margin=margin,
             default_tile=default_tile,
-            default_overlap=d.default_overlap,
+            default_overlap=default_overlap,
             size_multiple=d.size_multiple,
             batch_size=options.batch_size or auto_batch_size(options.tile or default_tile),
             # the model's own tile shrinks to fit the image; a --tile given, or a router's
-            # decision grid, is kept exactly
-            fit=options.tile is None and not self.routed,
+            # decision grid, is kept exactly (a routed model whose output does not depend on
+            # its tiles has its grid elsewhere: ENAF's cells)
+            fit=options.tile is None and (not self.routed or d.exact_tiling),
         )
         self.runner: TileRunner = self.new_runner()
         self.notes += scale_notes(d)  # said once per run by the CLI

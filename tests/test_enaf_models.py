@@ -79,8 +79,9 @@ def test_path_flops_match_paper(name: str) -> None:
     for got, paper in zip(costs[1:], PAPER_FLOPS[name]):
         assert abs(got / paper - 1) < 0.03, (name, got, paper)
     assert costs[0] < costs[1] < costs[2] < costs[3]
-    assert model.path_flops(32, 32) is costs  # cached
-    assert model.path_flops(64, 32)[3] == 2 * costs[3]  # pure convs: linear in area
+    # counted once on 32x32 and scaled: exact, since every layer is a same-padded conv
+    assert model.path_flops(40, 24)[3] == count_flops(model, (1, 3, 40, 24))
+    assert model.path_flops(64, 32)[3] == 2 * costs[3]
 
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))
@@ -223,9 +224,39 @@ def test_forward_is_the_full_path(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))
 def test_descriptor(name: str) -> None:
-    d = BUILDERS[name](scale=3).descriptor
-    assert d.routing is Routing.EXITS and d.scale == 3 and d.default_tile == 32
-    assert d.default_overlap > 2 * d.margin and not d.exact_tiling
+    model = BUILDERS[name](scale=3)
+    d = model.descriptor
+    assert d.routing is Routing.EXITS and d.scale == 3 and d.default_overlap > 2 * d.margin
+    if model.runs_cells:  # large tiles whose margin covers every cell's halo: exact
+        halos = [model.cell_path(p).halo for p in (1, 2, 3)]
+        assert d.default_tile == 512 and d.exact_tiling and d.margin == max(map(max, halos))
+        assert d.static_tiling == (256, 8, 2)
+    else:  # routing tiles
+        assert d.default_tile == 32 and not d.exact_tiling and d.static_tiling == (256, 8, 2)
+    assert model.runs_cells == name.startswith("fsrcnn")
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize("path", [1, 2, 3])
+def test_cell_path_is_the_path_inside_the_image(scale: int, path: int) -> None:
+    """A path run without padding on a window plus its halo gives exactly that window of the
+    path run on the whole image, and its FLOPs are what the hooks count."""
+    torch.manual_seed(0)
+    model = build_fsrcnn(scale=scale).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)  # no zero-initialised head
+        x = torch.rand(1, 3, 70, 90)
+        whole = model.forward_path(x, path) - imresize(x, scale, antialias=False)
+        net = model.cell_path(path)
+        lo, hi = net.halo
+        window = net(x[:, :, 20 - lo:52 + hi, 30 - lo:54 + hi])
+    assert window.shape == (1, 3, 32 * scale, 24 * scale)
+    torch.testing.assert_close(window, whole[..., 20 * scale:52 * scale, 30 * scale:54 * scale],
+                               atol=1e-5, rtol=0)
+    assert net.window_flops(32, 24) == count_flops(net, (1, 3, 32 + lo + hi, 24 + lo + hi))
+    assert net.window_flops(32, 24) >= model.path_flops(32, 24)[path]  # the halo costs more
+    assert "_cells" not in str(model.state_dict().keys())  # the twins add no weights
 
 
 def test_bad_paths_and_configs_are_rejected() -> None:

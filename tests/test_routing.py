@@ -109,6 +109,36 @@ def varied_weights(tmp_path):
     return path
 
 
+@pytest.fixture
+def by_tiles(monkeypatch):
+    """ENAF-FSRCNN routed by 32 px tiles, as CARN-M and SRResNet are (not by cells)."""
+    from sr_tile.models.enaf.multiexit import MultiExitSR
+
+    monkeypatch.setattr(MultiExitSR, "runs_cells", property(lambda self: False))
+
+
+def _cell_work(model, paths, rows, cols):
+    """classsr FLOPs of ENAF's cells in one tile: each row's runs of one path, one window each."""
+    total = 0
+    for i, (y0, y1) in enumerate(rows):
+        row = paths[i * len(cols):(i + 1) * len(cols)]
+        j = 0
+        while j < len(cols):
+            k = j
+            while k + 1 < len(cols) and row[k + 1] == row[j]:
+                k += 1
+            if row[j]:
+                total += model.backbone.cell_path(row[j]).window_flops(
+                    y1 - y0, cols[k][1] - cols[j][0])
+            j = k + 1
+    return total
+
+
+# the cells of a 120x150 image: the last row and column end at the border and own what is left
+CELL_ROWS = [(0, 32), (32, 64), (64, 88), (88, 120)]
+CELL_COLS = [(0, 32), (32, 64), (64, 96), (96, 118), (118, 150)]
+
+
 def _upscale(src, weights, tmp_path, **routing):
     up = Upscaler(UpscaleOptions(model="enaf-fsrcnn", weights=str(weights),
                                  routing=RoutingOptions(**routing)))
@@ -117,7 +147,7 @@ def _upscale(src, weights, tmp_path, **routing):
     return up, report
 
 
-def test_routed_upscale_counts_what_ran(tmp_path, varied_weights, astronaut):
+def test_routed_upscale_counts_what_ran(tmp_path, varied_weights, astronaut, by_tiles):
     src = tmp_path / "in.png"
     picture = astronaut[30:150, 150:300].copy()
     picture[:, :60] = 128  # a flat band: blank tiles, which the blank vector sends to bicubic
@@ -141,9 +171,47 @@ def test_routed_upscale_counts_what_ran(tmp_path, varied_weights, astronaut):
         assert im.width == 150 and im.height > 120
 
 
+def test_cell_routing_counts_what_ran(tmp_path, varied_weights, astronaut):
+    """By cells: one 120x150 tile holds all 20 cells of the image's grid; each row's runs of
+    one path run as one window, and the FLOPs are theirs plus the estimator's."""
+    src = tmp_path / "in.png"
+    picture = astronaut[30:150, 150:300].copy()
+    picture[:, :60] = 128
+    Image.fromarray(picture).save(src)
+    up, report = _upscale(src, varied_weights, tmp_path, eta=0.5)
+    paths, model = up.runner.paths, up.model
+    assert report.tiles == 1 and len(paths) == 20 and len(set(paths)) > 1
+    # the estimator's map covers 120x144 in 4x5 blocks; the 4 cells of the last column (start
+    # 118, off the 8 px grid) are read one by one
+    est = (4 * 5 + 4) * model.estimator_flops(32, 32)
+    assert report.flops == _cell_work(model, paths, CELL_ROWS, CELL_COLS) + est
+    assert report.flops_static == model.backbone.path_flops(120, 150)[3]
+    assert paths[0] == 0 and report.extras["exits"]["full"] == pytest.approx(paths.count(3) / 20)
+    with Image.open(tmp_path / "map.png") as im:
+        assert im.width == 150 and im.height > 120
+
+
+@pytest.mark.parametrize("tile", [64, 100, 512])
+@pytest.mark.parametrize("path", [None, 1, 3])
+def test_cell_routing_does_not_depend_on_the_tiles(varied_weights, astronaut, tile, path):
+    """Cells are the image's, and every tile's margin covers their halos: any tiling gives
+    the image of one whole-image pass (float rounding aside), the same paths and FLOPs."""
+    picture = astronaut[100:220, 150:300].copy()
+    options = UpscaleOptions(model="enaf-fsrcnn", weights=str(varied_weights),
+                             routing=RoutingOptions(eta=None if path else 0.5, path=path))
+    whole = Upscaler(replace(options, tile=512))
+    tiled = Upscaler(replace(options, tile=tile, overlap=24))
+    a, b = whole.upscale_whole(picture), tiled.upscale_whole(picture)
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+    assert whole.runner.paths == tiled.runner.paths
+    if tile == 512:
+        assert whole.runner.flops == tiled.runner.flops
+
+
 @pytest.mark.parametrize("tile", [32, 36])
 @pytest.mark.parametrize("channels", [3, 1])
-def test_whole_image_estimates_equal_tile_by_tile(varied_weights, astronaut, tile, channels):
+def test_whole_image_estimates_equal_tile_by_tile(varied_weights, astronaut, tile, channels,
+                                                  by_tiles):
     """prepare() reads the image once (a sub-tile map + prefix sums of the Laplacian); every
     tile must get what the estimator and the blank test give on that tile alone: tiles on the
     8 px grid, the last row and column off it (117 x 150), and a tiling with no tile on it."""
@@ -167,8 +235,11 @@ def test_whole_image_estimates_equal_tile_by_tile(varied_weights, astronaut, til
     assert torch.equal(blank, want_blank) and 0 < int(blank.sum()) < len(blank)
 
 
+@pytest.mark.parametrize("cells", [True, False])
 @pytest.mark.parametrize("budget", [0.25, 0.6])
-def test_budget_is_met_per_image(tmp_path, varied_weights, astronaut, budget):
+def test_budget_is_met_per_image(tmp_path, varied_weights, astronaut, budget, cells, request):
+    if not cells:
+        request.getfixturevalue("by_tiles")
     src = tmp_path / "in.png"
     Image.fromarray(astronaut[200:320, 100:250]).save(src)
     _, report = _upscale(src, varied_weights, tmp_path, budget=budget)
@@ -201,18 +272,24 @@ def test_calibrated_presets_are_ordered_and_loaded(tmp_path, varied_weights, ast
     assert model.presets == presets
 
 
-def test_sweep_replay_equals_routed_runs(varied_weights, astronaut):
+@pytest.mark.parametrize("cells", [True, False])
+def test_sweep_replay_equals_routed_runs(varied_weights, astronaut, cells, request):
     """Calibration replays recorded path outputs: each setting must give the routed run's image,
-    paths and FLOPs exactly, and the record pass the static network's image."""
+    paths and FLOPs exactly, and the record pass the full network's image as the router runs
+    it (by tiles: the static network on the same tiles; by cells: every cell's full path)."""
     from sr_tile.models.enaf.calibrate import SweepRunner
 
+    if not cells:
+        request.getfixturevalue("by_tiles")
     picture = astronaut[30:150, 150:300].copy()
     picture[:, :60] = 128  # blank tiles, so gamma matters
-    options = UpscaleOptions(model="enaf-fsrcnn", weights=str(varied_weights))
+    options = UpscaleOptions(model="enaf-fsrcnn", weights=str(varied_weights),
+                             tile=None if cells else 32)
     sweep = Upscaler(options)
     runner = sweep.runner = SweepRunner(sweep.model, device=sweep.device)
-    static = Upscaler(replace(options, static=True, tile=32)).upscale_whole(picture)
-    assert np.array_equal(sweep.upscale_whole(picture), static)
+    full = Upscaler(replace(options, routing=RoutingOptions(path=3)) if cells
+                    else replace(options, static=True)).upscale_whole(picture)
+    assert np.array_equal(sweep.upscale_whole(picture), full)
     mixed = False  # some setting must route tiles different ways, or the test proves little
     for eta, gamma in [(0.0, 0.0), (0.5, 1.0), (2.0, 0.0), (50.0, 1.0)]:
         runner.setting = (eta, gamma)
@@ -226,15 +303,20 @@ def test_sweep_replay_equals_routed_runs(varied_weights, astronaut):
     assert mixed
 
 
+@pytest.mark.parametrize("cells", [True, False])
 @pytest.mark.parametrize("path", [1, 2])
 def test_forced_exit_runs_that_exit_only_and_no_estimator(tmp_path, varied_weights, astronaut,
-                                                          path):
+                                                          path, cells, request):
+    if not cells:
+        request.getfixturevalue("by_tiles")
     src = tmp_path / "in.png"
     Image.fromarray(astronaut[30:150, 150:300]).save(src)
     up, report = _upscale(src, varied_weights, tmp_path, path=path)
-    costs = up.model.backbone.path_flops(32, 32)
     assert set(up.runner.paths) == {path}
-    assert report.flops == costs[path] * report.tiles  # no estimator FLOPs
+    if cells:  # one window per cell row, no estimator FLOPs
+        assert report.flops == _cell_work(up.model, up.runner.paths, CELL_ROWS, CELL_COLS)
+    else:
+        assert report.flops == up.model.backbone.path_flops(32, 32)[path] * report.tiles
     assert report.extras["exits"][("bicubic", "exit1", "exit2", "full")[path]] == 1.0
 
 

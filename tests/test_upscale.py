@@ -186,14 +186,17 @@ def test_first_image_of_a_process_pays_no_flops_counter_imports(tmp_path, astron
 
 
 def test_static_runs_take_the_models_large_tiles_fitted_to_the_image():
-    """--static runs a routed model on its static tiles (256, shrunk to fit the image); the
-    router keeps its 32 px decision grid, and a --tile given is kept as given."""
+    """--static runs a routed model on its static tiles (256, shrunk to fit the image); a
+    router by tiles keeps its 32 px decision grid, one by cells fits its large tiles (its grid
+    is the image's), and a --tile given is kept as given."""
     static = Upscaler(UpscaleOptions(model="enaf-fsrcnn", static=True)).tiling
-    routed = Upscaler(UpscaleOptions(model="enaf-fsrcnn")).tiling
+    cells = Upscaler(UpscaleOptions(model="enaf-fsrcnn")).tiling
+    tiles = Upscaler(UpscaleOptions(model="enaf-carn")).tiling
     chosen = Upscaler(UpscaleOptions(model="enaf-fsrcnn", static=True, tile=100)).tiling
-    assert (static.tile, static.fit) == (256, True)
+    assert (static.tile, static.overlap, static.margin, static.fit) == (256, 8, 2, True)
     assert static.tile_shape(400, 640) == (204, 219)  # 2 x 3 tiles, 1.05x the pixels
-    assert (routed.tile, routed.fit) == (32, False) and routed.tile_shape(400, 640) == (32, 32)
+    assert (cells.tile, cells.fit) == (512, True) and cells.tile_shape(400, 640) == (400, 332)
+    assert (tiles.tile, tiles.fit) == (32, False) and tiles.tile_shape(400, 640) == (32, 32)
     assert (chosen.tile, chosen.fit) == (100, False) and chosen.tile_shape(400, 640) == (100, 100)
 
 

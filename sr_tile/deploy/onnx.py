@@ -54,7 +54,8 @@ class ExportPart:
     ``name``: its file stem and its place in the model (``"model"``: the whole model;
     else a submodule path, ``"backbone.heads.0"``). ``module``: what is exported, called as
     ``module(example)``. ``install(model, part)`` puts the loaded :class:`OrtPart` in its
-    place; None: ``model.set_submodule(name, part)``. ``skip``: the graph leaves out the
+    place (its reference: the submodule ``name``, or ``module`` where ``name`` is none);
+    None: ``model.set_submodule(name, part)``. ``skip``: the graph leaves out the
     model's MATLAB-bicubic global skip, added after it in torch (its weights depend on the
     tile size, which a traced graph would fix).
     """
@@ -364,8 +365,11 @@ def onnx_model(name: str, *, scale: float, weights: str | Path | None, device: t
             if entry.routing != "none":
                 notes.append(f"onnxruntime: {name} runs dense (its routing has no static graph)")
         elif part.install is not None:
-            part.install(model, OrtPart(model.get_submodule(part.name), sessions[part.name],
-                                        skip=skip))
+            try:
+                reference = model.get_submodule(part.name)
+            except AttributeError:  # a graph of no one submodule (ENAF's cell paths)
+                reference = part.module
+            part.install(model, OrtPart(reference, sessions[part.name], skip=skip))
         else:
             model.set_submodule(part.name, OrtPart(model.get_submodule(part.name),
                                                     sessions[part.name], skip=skip))

@@ -41,6 +41,9 @@ class ModelDescriptor:
             (``--static``, bench's "static best" row) and the user gives none; None: the
             ``default_tile``. Small routing tiles recompute their overlap (32/8: 1.78x the
             image) where a static run needs none of it.
+        static_overlap, static_margin: the overlap and margin of that static tiling; None:
+            ``default_overlap`` and ``margin`` (ENAF-FSRCNN routes inside large tiles whose
+            margin covers every cell's halo, which its static network does not need).
         default_overlap: LR overlap between neighbouring tiles by default.
         routing: how compute is routed per patch.
         flops_note: how the FLOPs of this model are counted, shown in reports.
@@ -59,6 +62,8 @@ class ModelDescriptor:
     default_tile: int = 256
     default_overlap: int = 16
     static_tile: int | None = None
+    static_overlap: int | None = None
+    static_margin: int | None = None
     routing: Routing = Routing.NONE
     flops_note: str = ""
     trained_scales: tuple[float, float] | None = None
@@ -69,3 +74,12 @@ class ModelDescriptor:
             raise ValueError(
                 f"{self.name}: default_overlap {self.default_overlap} must exceed 2*margin"
             )
+        if self.static_tiling[1] <= 2 * self.static_tiling[2]:
+            raise ValueError(f"{self.name}: static_overlap must exceed 2*static_margin")
+
+    @property
+    def static_tiling(self) -> tuple[int, int, int]:
+        """(tile, overlap, margin) of a static run (``--static``) when the user gives none."""
+        return (self.static_tile or self.default_tile,
+                self.default_overlap if self.static_overlap is None else self.static_overlap,
+                self.margin if self.static_margin is None else self.static_margin)

@@ -25,7 +25,7 @@ from sr_tile.errors import ConfigError
 from sr_tile.metrics import psnr_y
 from sr_tile.models.enaf import EnafSR
 from sr_tile.models.enaf.routing import fuse
-from sr_tile.models.enaf.runner import ExitRunner
+from sr_tile.models.enaf.runner import CELL, ExitRunner
 from sr_tile.routing import RoutingOptions
 from sr_tile.tiler import TileConfig, TileWindow
 from sr_tile.train.calibration import THRESHOLDS_DB, calibration_set, pick_presets, write_presets
@@ -58,6 +58,7 @@ class SweepRunner(ExitRunner):
         self.recorded: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._replayed = 0
         self._estimator_flops = 0
+        self._estimates: tuple = ()  # the record pass's, for the replays (``reset`` clears them)
 
     def prepare(self, image: np.ndarray, tiling: TileConfig) -> None:
         self._replayed = 0
@@ -65,14 +66,18 @@ class SweepRunner(ExitRunner):
             self.recorded.clear()
             super().prepare(image, tiling)
             self._estimator_flops = self.flops
+            self._estimates = (self._u, self._blank, self._grid)
         else:
             self.flops += self._estimator_flops
+            self._u, self._blank, self._grid = self._estimates
 
     def run_rgb(self, x: torch.Tensor, windows: list[TileWindow], *,
                 routed: bool) -> torch.Tensor:
         n, (h, w) = x.shape[0], x.shape[-2:]
         costs = self.model.backbone.path_flops(h, w)
         self.flops_static += costs[-1] * n
+        if self.cells:
+            return self._cells(x, windows)
         if self.setting is None:
             u, blank = self.take_estimates([w.index for w in windows])
             outs = self.model.backbone.path_outputs(x, range(self.model.num_paths))
@@ -87,6 +92,33 @@ class SweepRunner(ExitRunner):
         self.record_paths(windows, chosen)
         self.flops += sum(costs[p] for p in chosen)
         return outs[paths, torch.arange(n)]
+
+
+    def _cells(self, x: torch.Tensor, windows: list[TileWindow]) -> torch.Tensor:
+        """``run_rgb`` for a backbone that routes by cells: record each path on every cell
+        of the batch; replay the cells' paths of a setting from those, with the FLOPs of
+        the runs ``ExitRunner.run_cells`` would make."""
+        if self.setting is None:
+            pieces = self.cell_pieces(x, windows)
+            outs = [self.run_cells(x, self.cell_runs(pieces, [p] * len(pieces)))
+                    for p in range(self.model.num_paths)]
+            self.recorded.append((pieces, torch.stack(outs)))
+            return outs[-1]
+        pieces, outs = self.recorded[self._replayed]
+        self._replayed += 1
+        eta, gamma = self.setting
+        self.paths = fuse(self._u, self._blank, self.model.costs(CELL, CELL),
+                          eta=eta, gamma=gamma).tolist()
+        chosen = [self.paths[p.cell] for p in pieces]
+        self.flops += self.runs_flops(self.cell_runs(pieces, chosen))
+        out = outs[0].clone()
+        s = int(self.scale)
+        for p, path in zip(pieces, chosen):
+            if path:
+                where = (p.b, slice(None), slice(p.y * s, (p.y + p.h) * s),
+                         slice(p.x * s, (p.x + p.w) * s))
+                out[where] = outs[path][where]
+        return out
 
 
 def calibrate(model: str, weights: str | Path, folder: str | Path, *, scale: int = 4,

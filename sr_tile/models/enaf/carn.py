@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sr_tile.models.enaf.multiexit import MultiExitSR, exits_descriptor
+from sr_tile.models.enaf.multiexit import MultiExitSR
 from sr_tile.models.layers import ConvAct, UpsampleHead, upsample_factors
 
 __all__ = ["NAME", "SCALES", "CARNConfig", "EnafCARN", "build"]
@@ -126,7 +126,7 @@ class EnafCARN(MultiExitSR):
             for w in cfg.head_widths
         ]
         super().__init__(segments=[CARNTrunk(cfg)], heads=heads, attach=(1, 1, 1),
-                         scale=cfg.scale, descriptor=exits_descriptor(NAME, cfg.scale))
+                         scale=cfg.scale, name=NAME)
         self.config = cfg
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from sr_tile.models.enaf.multiexit import MultiExitSR, exits_descriptor
+from sr_tile.models.enaf.multiexit import MultiExitSR
 from sr_tile.models.layers import ConvAct, DeconvHead
 
 __all__ = ["NAME", "SCALES", "EnafFSRCNN", "FSRCNNConfig", "build"]
@@ -78,7 +78,7 @@ class EnafFSRCNN(MultiExitSR):
         heads.append(DeconvHead(in_channels=cfg.s, mid_channels=cfg.d, scale=cfg.scale,
                                 kernel_size=1, act="prelu"))
         super().__init__(segments=segments, heads=heads, attach=(1, 2, len(segments)),
-                         scale=cfg.scale, descriptor=exits_descriptor(NAME, cfg.scale))
+                         scale=cfg.scale, name=NAME)
         self.config = cfg
 
 

@@ -14,23 +14,37 @@ from torch import nn
 
 from sr_tile.flops import Convention, count_flops
 from sr_tile.models.descriptor import ModelDescriptor, Routing
-from sr_tile.models.layers import bicubic
+from sr_tile.models.layers import SubPixelConvTranspose2d, bicubic
 
 
-def exits_descriptor(name: str, scale: int) -> ModelDescriptor:
+UNIT = 32  # the LR patch side path FLOPs are counted on (``MultiExitSR.path_flops``)
+
+
+def exits_descriptor(name: str, scale: int, *, cell_halo: int | None = None) -> ModelDescriptor:
     """Tiling facts shared by the ENAF backbones.
 
-    ENAF routes 32x32 LR patches (its estimator and FLOPs table are per 32x32 patch). margin 2:
-    the bicubic skip reads 2 LR px each side, so with it every path-0 tile is exact, and the
-    outermost 1-2 px are where the zero padding of the 3x3 conv stacks errs most. overlap 8 >
-    2*margin leaves a 4 px blend ramp; the nets' receptive fields are wider, so not exact.
-    Run static (``--static``), they take 256 px tiles: the overlap is recomputed far less
-    than on 32 px tiles (1.78x the image's pixels), and oneDNN runs FSRCNN ~2x faster per
-    pixel on 256 px tiles than on a whole 640x400 image (cache).
+    ENAF routes 32x32 LR patches (its estimator and FLOPs table are per 32x32 patch).
+
+    A backbone that routes by tiles (``cell_halo`` None) takes 32 px tiles with 8 px of
+    overlap. margin 2: the bicubic skip reads 2 LR px each side, so with it every path-0 tile
+    is exact, and the outermost 1-2 px are where the zero padding of the 3x3 conv stacks errs
+    most. overlap 8 > 2*margin leaves a 4 px blend ramp; the nets' receptive fields are
+    wider, so not exact.
+
+    A backbone that routes by cells (``MultiExitSR.cell_path``; ``cell_halo`` its largest
+    halo) takes 512 px tiles whose margin covers every halo, so each cell's output is that
+    of the whole image wherever the tile edges fall (``exact_tiling``).
+
+    Run static (``--static``), they take 256 px tiles with a margin of 2 and 8 px of overlap:
+    the overlap is recomputed far less than on 32 px tiles (1.78x the image's pixels), and
+    oneDNN runs FSRCNN ~2x faster per pixel on 256 px tiles than on a whole 640x400 image
+    (cache).
     """
+    routing = dict(margin=2, default_tile=32, default_overlap=8) if cell_halo is None else dict(
+        margin=cell_halo, default_tile=512, default_overlap=2 * cell_halo + 8,
+        exact_tiling=True, static_overlap=8, static_margin=2)
     return ModelDescriptor(
-        name=name, scale=scale, margin=2, exact_tiling=False, default_tile=32,
-        default_overlap=8, static_tile=256, routing=Routing.EXITS,
+        name=name, scale=scale, static_tile=256, routing=Routing.EXITS, **routing,
         flops_note="classsr: 2x MACs of conv/linear, transposed convs at output resolution; "
                    "path 0 (bicubic) counted as 0; the PSNR estimator is included in flops")
 
@@ -49,6 +63,46 @@ class _PathNet(nn.Module):
         return self.head(x)
 
 
+class CellPath(nn.Module):
+    """Path ``p`` of a backbone run without padding (``MultiExitSR.cell_path``): a window of
+    an LR image with ``halo`` (lo, hi) context pixels on each side -> the head's residual of
+    exactly the window's inside, ``scale`` x its size. Each layer is a twin sharing the
+    backbone's parameters, so the FLOPs hooks count what runs: every conv at the size it
+    outputs, the deconv (classsr) at output resolution. It is not a submodule of the
+    backbone (its state dict would repeat the backbone's)."""
+
+    def __init__(self, layers: Sequence[nn.Module], halo: tuple[int, int], scale: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(*layers)
+        self.halo = halo
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+    def window_flops(self, height: int, width: int) -> int:
+        """classsr FLOPs of one window whose inside is ``height x width`` LR px: what the
+        hooks count (tested), without running anything."""
+        lo, hi = self.halo
+        h, w, total = height + lo + hi, width + lo + hi, 0
+        for m in self.layers.modules():
+            if isinstance(m, SubPixelConvTranspose2d):
+                a, b = m.pad[:2]
+                h, w = (h - a - b) * self.scale, (w - a - b) * self.scale
+                total += 2 * m.in_channels * m.kernel_size[0] ** 2 * m.out_channels * h * w
+            elif isinstance(m, nn.Conv2d):
+                k = m.kernel_size[0]
+                h, w = h - k + 1, w - k + 1
+                total += 2 * m.in_channels // m.groups * k * k * m.out_channels * h * w
+        return total
+
+    def flops(self, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
+        """The ``sr_tile.flops`` protocol (classsr)."""
+        lo, hi = self.halo
+        return inputs[0].shape[0] * self.window_flops(inputs[0].shape[-2] - lo - hi,
+                                                      inputs[0].shape[-1] - lo - hi)
+
+
 class MultiExitSR(nn.Module):
     """A multi-exit SR network: path 0 bicubic, paths 1-2 early exits, path 3 the full net.
 
@@ -59,7 +113,7 @@ class MultiExitSR(nn.Module):
     num_paths: int = 4
 
     def __init__(self, *, segments: Sequence[nn.Module], heads: Sequence[nn.Module],
-                 attach: tuple[int, int, int], scale: int, descriptor: ModelDescriptor) -> None:
+                 attach: tuple[int, int, int], scale: int, name: str) -> None:
         super().__init__()
         self.segments = nn.ModuleList(segments)
         self.heads = nn.ModuleList(heads)
@@ -71,8 +125,48 @@ class MultiExitSR(nn.Module):
                              "and end at the last segment")
         self.attach: tuple[int, int, int] = attach  # type: ignore[assignment]
         self.scale = scale
-        self.descriptor = descriptor
-        self._flops_cache: dict[tuple[str, int, int], tuple[int, int, int, int]] = {}
+        self._flops_cache: dict[str, tuple[int, int, int, int]] = {}
+        self._cells: dict[int, CellPath | None] = {}  # path -> CellPath
+        self._cell_runs: dict[int, nn.Module] = {}  # path -> what runs it (ONNX Runtime's)
+        halo = (max(max(self.cell_path(p).halo) for p in range(1, self.num_paths))
+                if self.runs_cells else None)
+        self.descriptor = exits_descriptor(name, scale, cell_halo=halo)
+
+    def cell_path(self, path: int) -> CellPath | None:
+        """Path ``path`` (>= 1) as a :class:`CellPath`, or None when a layer of it cannot run
+        without padding (a residual block: only FSRCNN's plain conv stacks can).
+
+        Run on each routing cell's window with its halo, the trunk and head compute the cell's
+        output exactly as they would inside the whole image (float rounding aside) and nothing
+        else: no overlap to recompute or blend."""
+        if path not in self._cells:
+            segments = list(self.segments[:self.depth(path)])
+            layers = [layer for segment in segments if isinstance(segment, nn.Sequential)
+                      for layer in segment] + [self.heads[path - 1]]
+            if not (all(isinstance(segment, nn.Sequential) for segment in segments)
+                    and all(hasattr(layer, "valid") for layer in layers)):
+                self._cells[path] = None
+            else:
+                twins, lo, hi = [], 0, 0
+                for layer in layers:
+                    twin, (a, b) = layer.valid()
+                    twins.append(twin)
+                    lo, hi = lo + a, hi + b
+                self._cells[path] = CellPath(twins, (lo, hi), self.scale)
+        return self._cells[path]
+
+    def run_cells(self, path: int, windows: torch.Tensor) -> torch.Tensor:
+        """``cell_path(path)`` on a batch of windows, or the module set in its place."""
+        return self._cell_runs.get(path, self._cells[path])(windows)
+
+    def set_cell_path(self, path: int, module: nn.Module) -> None:
+        """Run path ``path``'s cells with ``module`` (an ONNX Runtime part of its CellPath)."""
+        self._cell_runs[path] = module
+
+    @property
+    def runs_cells(self) -> bool:
+        """Whether every path can run by routing cells (``cell_path``)."""
+        return all(self.cell_path(p) is not None for p in range(1, self.num_paths))
 
     def depth(self, path: int) -> int:
         """How many trunk segments ``path`` runs (0 for bicubic)."""
@@ -137,12 +231,16 @@ class MultiExitSR(nn.Module):
 
     def path_flops(self, height: int, width: int,
                    convention: Convention = "classsr") -> tuple[int, int, int, int]:
-        """FLOPs of each path for one ``height x width`` LR patch (path 0 = 0), cached."""
-        key = (convention, int(height), int(width))
-        if key not in self._flops_cache:
+        """FLOPs of each path for one ``height x width`` LR patch (path 0 = 0).
+
+        Every layer is a same-padded conv (or a transposed one at ``scale`` x), whose FLOPs
+        are a whole number per LR pixel: counted once per convention on one ``UNIT`` patch
+        and scaled, exactly (tested), so no patch size runs the counter again."""
+        if convention not in self._flops_cache:
             costs = [0]
             for head, depth in zip(self.heads, self.attach):
                 net = _PathNet(list(self.segments[:depth]), head)
-                costs.append(count_flops(net, (1, 3, *key[1:]), convention))
-            self._flops_cache[key] = tuple(costs)  # type: ignore[assignment]
-        return self._flops_cache[key]
+                costs.append(count_flops(net, (1, 3, UNIT, UNIT), convention))
+            self._flops_cache[convention] = tuple(costs)  # type: ignore[assignment]
+        pixels = int(height) * int(width)
+        return tuple(c * pixels // (UNIT * UNIT) for c in self._flops_cache[convention])

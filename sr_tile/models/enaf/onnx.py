@@ -1,5 +1,6 @@
-"""ENAF in ONNX: the estimator, every trunk segment and every head, each its own graph, so
-that the router runs in Python on ONNX Runtime's numbers exactly as it does on torch's."""
+"""ENAF in ONNX: the estimator, every trunk segment and every head, and (a backbone that routes
+by cells) every path on cell windows, each its own graph, so that the router runs in Python on
+ONNX Runtime's numbers exactly as it does on torch's."""
 
 from __future__ import annotations
 
@@ -54,4 +55,11 @@ def enaf_parts(model) -> list[ExportPart]:
             feats.append(segment(feats[-1]))
     for i, (head, depth) in enumerate(zip(backbone.heads, backbone.attach)):
         parts.append(ExportPart(f"backbone.heads.{i}", head, feats[depth]))
+    if backbone.runs_cells:  # each path on cell windows (``MultiExitSR.cell_path``)
+        for path in range(1, backbone.num_paths):
+            net = backbone.cell_path(path)
+            lo, hi = net.halo
+            parts.append(ExportPart(
+                f"backbone.cells.{path}", net, torch.rand(2, 3, 32 + lo + hi, 32 + lo + hi),
+                install=lambda m, p, path=path: m.backbone.set_cell_path(path, p)))
     return parts

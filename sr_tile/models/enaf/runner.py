@@ -1,14 +1,25 @@
-"""ENAF's runner: the estimator and the blank vector pick a path for every tile (Eq. 9).
+"""ENAF's runner: the estimator and the blank vector pick a path for every patch (Eq. 9).
 
 The image is read once before its tiles run (``prepare``): the estimator's sub-tile PSNRs come
-from one map of the whole image and every tile on the sub-tile grid combines its own from it;
-the blank test sums each tile row's |Laplacian| once. Tiles then run grouped by path, the trunk
-shared and cut at each tile's depth.
+from one map of the whole image and every patch on the sub-tile grid combines its own from it;
+the blank test sums each patch row's |Laplacian| once.
+
+Two ways to run the chosen paths, by what the backbone can do:
+
+- **Cells** (FSRCNN: ``MultiExitSR.runs_cells``). The patches are the 32x32 cells of one grid
+  over the image, decided once per image; the tiler's tiles are large blocks. In a block each
+  cell runs only its path, without padding, on its own window plus the path's halo
+  (``CellPath``): the cell's output exactly as inside the whole image, with nothing recomputed
+  or blended between cells; path-0 cells run nothing beyond the block's one bicubic skip.
+- **Tiles** (CARN-M, SRResNet: residual blocks need padding). The patches are the tiler's
+  32x32 tiles with 8 px of overlap, run grouped by path, the trunk shared and cut at each
+  tile's depth, and blended.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -18,7 +29,8 @@ import torch.nn.functional as F
 from sr_tile.models.enaf.estimator import BLANK_THRESHOLD, combine_psnr, gray_u8, laplacian_abs
 from sr_tile.models.enaf.model import ESTIMATOR_PART, EnafSR
 from sr_tile.models.enaf.routing import eta_for_budget, fuse, resolve
-from sr_tile.routemap import RouteMap, paint_tiles
+from sr_tile.models.layers import bicubic
+from sr_tile.routemap import RouteMap, owned_span, paint_tiles
 from sr_tile.routing import RoutingOptions
 from sr_tile.runner import FLOPS_CONVENTION, TileRunner
 from sr_tile.tiler import TileConfig, TilePlan, TileWindow, to_float
@@ -26,6 +38,10 @@ from sr_tile.tiler import TileConfig, TilePlan, TileWindow, to_float
 ESTIMATOR_BATCH = 256  # off-grid tiles per estimator pass (~2x faster per tile than 32)
 ESTIMATOR_ROWS = 256  # LR rows per band of the whole-image estimator map (bounds its memory)
 ESTIMATOR_BLOCK = 32  # block side a band is cut into for the estimator's batch
+CELL = 32  # a routing cell's side: the patch ENAF's estimator and FLOPs table are made for
+#: cell windows per pass: 16-64 small windows (their activations stay in cache) ran FSRCNN ~2x
+#: faster per pixel than one large tile on this CPU
+CELL_BATCH = 64
 
 
 class ExitRunner(TileRunner):
@@ -38,7 +54,7 @@ class ExitRunner(TileRunner):
     """
 
     PATH_NAMES = ("bicubic", "exit1", "exit2", "full")
-    HANDOFF = ("_tiling", "_size", "_u", "_blank", "eta")
+    HANDOFF = ("_tiling", "_size", "_u", "_blank", "eta", "_grid", "_cell_paths")
 
     def __init__(self, model: EnafSR, *, device: torch.device, alpha: str,
                  routing: RoutingOptions | None = None) -> None:
@@ -48,41 +64,62 @@ class ExitRunner(TileRunner):
         if routing.path is not None:
             self.eta = None
         super().__init__(model, device=device, alpha=alpha)
+        #: route by cells in large tiles (see the module docstring), else by tiles
+        self.cells = model.backbone.runs_cells
 
     def reset(self) -> None:
         super().reset()
         self.paths: list[int] = []
-        self._u = torch.empty(0, self.model.num_paths)  # every tile's estimate, row-major
+        self._u = torch.empty(0, self.model.num_paths)  # every patch's estimate, row-major
         self._blank = torch.empty(0, dtype=torch.bool)
         self._tiling: TileConfig | None = None
         self._size = (0, 0)
+        #: cells: the cell grid, and each cell's LR span on each axis; its paths, row-major
+        self._grid: tuple[TilePlan, TilePlan, list, list] | None = None
+        self._cell_paths: list[int] = []
 
     def prepare(self, image: np.ndarray, tiling: TileConfig) -> None:
         """Estimate every tile before the first batch runs; with a budget, then pick this
         image's eta. The estimator and the blank test read the whole image once, not tile by
         tile: overlapping tiles would read most pixels ~1.8 times (see ``_estimate``)."""
         self._tiling, self._size = tiling, image.shape[:2]
-        height, width = tiling.tile_shape(image.shape[0], image.shape[1])
+        if self.cells:
+            patches = TileConfig(CELL, 0, 0)
+            py, px = patches.plans(*self._size)
+            self._grid = (py, px, [owned_span(py, i, 0) for i in range(py.count)],
+                          [owned_span(px, j, 0) for j in range(px.count)])
+            height, width = py.tile, px.tile
+        else:
+            py, px = tiling.plans(*self._size)
+            height, width = tiling.tile_shape(*self._size)
         for convention in ("executed", FLOPS_CONVENTION):  # first counts here, untimed
             self.model.costs(height, width, convention)
         if self.routing.path is not None:
+            self._cell_paths = [self.routing.path] * (py.count * px.count)
             return
         self.model.estimator_flops(height, width)
         self.model.estimator_flops(ESTIMATOR_BLOCK, ESTIMATOR_BLOCK)
         start = time.perf_counter()
         color = image[..., : 1 if image.shape[2] in (1, 2) else 3]
-        py, px = tiling.plans(color.shape[0], color.shape[1])
         with torch.inference_mode():
             self._u = self._estimate(color, py, px)
             self._blank = (self._blank_flags(color, py, px) if self.gamma != 0
                            else torch.zeros(py.count * px.count, dtype=torch.bool))
         if self.routing.budget is not None:
-            full = self.model.backbone.path_flops(height, width)[-1]
+            backbone = self.model.backbone
+            full = backbone.path_flops(height, width)[-1]
+            measure = self.model.costs(height, width, FLOPS_CONVENTION)
+            if self.cells:  # a cell alone pays its halo: a bound on what its run costs
+                measure = torch.tensor([0.0] + [
+                    backbone.cell_path(p).window_flops(height, width) / full
+                    for p in range(1, self.model.num_paths)], dtype=torch.float64)
             self.eta = eta_for_budget(
                 self._u, self._blank, self.model.costs(height, width), gamma=self.gamma,
                 budget=self.routing.budget, overhead=self.flops / (len(self._u) * full),
-                measure=self.model.costs(height, width, FLOPS_CONVENTION),
-            )
+                measure=measure)
+        if self.cells:
+            self._cell_paths = fuse(self._u, self._blank, self.model.costs(height, width),
+                                    eta=self.eta, gamma=self.gamma).tolist()
         self.seconds += time.perf_counter() - start
 
     def _estimate(self, color: np.ndarray, py: TilePlan, px: TilePlan) -> torch.Tensor:
@@ -181,6 +218,11 @@ class ExitRunner(TileRunner):
         if not routed:
             self.flops += costs[-1] * x.shape[0]
             return self.model(x)
+        if self.cells:
+            pieces = self.cell_pieces(x, windows)
+            self.paths = self._cell_paths
+            return self.run_cells(x, self.cell_runs(
+                pieces, [self._cell_paths[p.cell] for p in pieces]))
         if self.routing.path is not None:  # a fixed exit: no estimator runs, none is counted
             paths = torch.full((x.shape[0],), self.routing.path, dtype=torch.long)
         else:
@@ -191,6 +233,64 @@ class ExitRunner(TileRunner):
         self.record_paths(windows, chosen)
         self.flops += sum(costs[p] for p in chosen)
         return self.model.backbone.forward_paths(x, paths)
+
+    def cell_pieces(self, x: torch.Tensor, windows: list[TileWindow]) -> list[CellPiece]:
+        """Where the cells of the image's grid lie in each tile of the batch: every tile is cut
+        along the cells' spans (a cell at a tile's edge gives a smaller piece)."""
+        _, _, rows, cols = self._grid
+        h, w = x.shape[-2:]
+        pieces = []
+        for b, win in enumerate(windows):
+            ys = _cut(rows, win.y0, win.y0 + h)
+            xs = _cut(cols, win.x0, win.x0 + w)
+            pieces += [CellPiece(b, y - win.y0, x - win.x0, ph, pw, i * len(cols) + j)
+                       for i, y, ph in ys for j, x, pw in xs]
+        return pieces
+
+    def cell_runs(self, pieces: list[CellPiece], paths: list[int]) -> dict[
+            tuple[int, int, int], list[CellPiece]]:
+        """The network work of ``paths[k]`` on ``pieces[k]``: neighbouring pieces of a row on
+        one path merged into one (fewer halos, larger convs), grouped by path and size;
+        path 0 needs none."""
+        runs: list[tuple[int, CellPiece]] = []
+        for piece, path in zip(pieces, paths):
+            if path == 0:
+                continue
+            last = runs[-1][1] if runs and runs[-1][0] == path else None
+            if last and (last.b, last.y, last.x + last.w) == (piece.b, piece.y, piece.x):
+                runs[-1] = (path, replace(last, w=last.w + piece.w))
+            else:
+                runs.append((path, piece))
+        groups: dict[tuple[int, int, int], list[CellPiece]] = {}
+        for path, piece in runs:
+            groups.setdefault((path, piece.h, piece.w), []).append(piece)
+        return groups
+
+    def runs_flops(self, groups: dict[tuple[int, int, int], list[CellPiece]]) -> int:
+        """classsr FLOPs of ``cell_runs``' work: each path's ``CellPath`` on its windows."""
+        return sum(self.model.backbone.cell_path(path).window_flops(h, w) * len(group)
+                   for (path, h, w), group in groups.items())
+
+    def run_cells(self, x: torch.Tensor, groups: dict[tuple[int, int, int],
+                                                       list[CellPiece]]) -> torch.Tensor:
+        """The batch's output: the bicubic skip of each tile once, plus each path's
+        ``CellPath`` on its runs' windows (zeros beyond the tile: the tiler discards a margin
+        that covers every halo); counts the FLOPs."""
+        backbone, s = self.model.backbone, int(self.scale)
+        out = bicubic(x, s)
+        pad = max((max(backbone.cell_path(p).halo) for p, _, _ in groups), default=0)
+        padded = F.pad(x, (pad,) * 4)
+        for (path, h, w), group in groups.items():
+            lo, hi = backbone.cell_path(path).halo
+            for k in range(0, len(group), CELL_BATCH):
+                chunk = group[k:k + CELL_BATCH]
+                win = torch.stack([padded[p.b, :, pad + p.y - lo:pad + p.y + h + hi,
+                                          pad + p.x - lo:pad + p.x + w + hi] for p in chunk])
+                y = backbone.run_cells(path, self.to_device(win))
+                for p, yp in zip(chunk, y):
+                    out[p.b, :, p.y * s:(p.y + h) * s, p.x * s:(p.x + w) * s] += yp
+        self.flops += self.runs_flops(groups)
+        return out
 
     def books(self) -> dict[str, Any]:
         return {**super().books(), "paths": {i: p for i, p in enumerate(self.paths) if p >= 0}}
@@ -209,8 +309,9 @@ class ExitRunner(TileRunner):
     def route_map(self) -> RouteMap:
         if self._tiling is None:
             raise RuntimeError("no image has run yet")
-        return RouteMap(paint_tiles(self._tiling, *self._size, self.paths), self.PATH_NAMES,
-                        "the path each tile took")
+        grid = TileConfig(CELL, 0, 0) if self.cells else self._tiling
+        return RouteMap(paint_tiles(grid, *self._size, self.paths), self.PATH_NAMES,
+                        "the path each patch took")
 
     def extras(self) -> dict[str, Any]:
         return {"eta": self.eta, "gamma": self.gamma, "exits": self.exit_shares()}
@@ -219,3 +320,22 @@ class ExitRunner(TileRunner):
     def describe(extras: dict[str, Any]) -> str:
         exits = extras.get("exits")
         return "exits " + "/".join(f"{100 * v:.0f}" for v in exits.values()) if exits else ""
+
+
+@dataclass(frozen=True)
+class CellPiece:
+    """A cell's part of one tile of a batch: tile ``b``, tile-local LR origin and size, and
+    the cell's row-major index on the image's grid."""
+
+    b: int
+    y: int
+    x: int
+    h: int
+    w: int
+    cell: int
+
+
+def _cut(spans: list[tuple[int, int]], start: int, stop: int) -> list[tuple[int, int, int]]:
+    """(cell index, start, length) of each cell span's part inside [start, stop)."""
+    return [(i, max(a, start), min(b, stop) - max(a, start))
+            for i, (a, b) in enumerate(spans) if a < stop and b > start]

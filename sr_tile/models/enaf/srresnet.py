@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from sr_tile.models.enaf.multiexit import MultiExitSR, exits_descriptor
+from sr_tile.models.enaf.multiexit import MultiExitSR
 from sr_tile.models.layers import ConvAct, ResidualBlock, UpsampleHead, upsample_factors
 
 __all__ = ["NAME", "SCALES", "EnafSRResNet", "SRResNetConfig", "build"]
@@ -90,7 +90,7 @@ class EnafSRResNet(MultiExitSR):
             for w in cfg.head_widths
         ]
         super().__init__(segments=segments, heads=heads, attach=(1, 2, len(segments)),
-                         scale=cfg.scale, descriptor=exits_descriptor(NAME, cfg.scale))
+                         scale=cfg.scale, name=NAME)
         self.config = cfg
 
 

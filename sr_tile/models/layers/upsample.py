@@ -81,9 +81,13 @@ class SubPixelConvTranspose2d(nn.ConvTranspose2d):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int,
-                 padding: int, output_padding: int) -> None:
+                 padding: int, output_padding: int, valid: bool = False,
+                 device: torch.device | str | None = None) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-                         output_padding=output_padding)
+                         output_padding=output_padding, device=device)
+        #: valid: the LR conv runs without padding, so ``pad`` input pixels on each side are
+        #: consumed and the output is ``s`` x the input less them (``DeconvHead.valid``)
+        self.valid = valid
         s, k, p = stride, kernel_size, padding
         if k - 2 * p + output_padding != s:
             raise ValueError("SubPixelConvTranspose2d needs kernel - 2*padding + output_padding "
@@ -107,14 +111,16 @@ class SubPixelConvTranspose2d(nn.ConvTranspose2d):
         cin, cout = self.weight.shape[:2]
         s, t = self.stride[0], self.taps
         flat = F.pad(self.weight.reshape(cin, cout, -1), (0, 1))  # append the zero slot
-        w = flat.index_select(2, self.phase_index).reshape(cin, cout, s * s, t, t)
+        w = flat.index_select(2, self.phase_index.to(flat.device)).reshape(cin, cout, s * s, t, t)
         return w.permute(1, 2, 0, 3, 4).reshape(cout * s * s, cin, t, t)
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         s = self.stride[0]
         bias = None if self.bias is None else self.bias.repeat_interleave(s * s)
         left, right = self.pad[:2]
-        if left == right:  # the conv pads itself: no padded copy of the input (x2, x4)
+        if self.valid:
+            y = F.conv2d(x, self.phase_weight(), bias)
+        elif left == right:  # the conv pads itself: no padded copy of the input (x2, x4)
             y = F.conv2d(x, self.phase_weight(), bias, padding=left)
         else:
             y = F.conv2d(F.pad(x, self.pad), self.phase_weight(), bias)
@@ -143,6 +149,23 @@ class DeconvHead(nn.Module):
     @property
     def output_layer(self) -> nn.Module:
         return self.deconv
+
+    def valid(self) -> tuple[nn.Module, tuple[int, int]]:
+        """This head without padding, sharing its parameters, and the LR pixels it consumes
+        on each side (the conv's k // 2 plus the deconv's taps). See ``MultiExitSR.cell_path``."""
+        conv, deconv = self.conv, self.deconv
+        twin_conv = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size,
+                              device="meta")
+        twin_conv.weight, twin_conv.bias = conv.weight, conv.bias
+        twin = SubPixelConvTranspose2d(
+            deconv.in_channels, deconv.out_channels, deconv.kernel_size[0],
+            stride=deconv.stride[0], padding=deconv.padding[0],
+            output_padding=deconv.output_padding[0], valid=True, device="meta")
+        twin.weight, twin.bias = deconv.weight, deconv.bias
+        twin.phase_index = deconv.phase_index
+        k = conv.kernel_size[0] // 2
+        lo, hi = deconv.pad[:2]
+        return nn.Sequential(twin_conv, self.act, twin), (k + lo, k + hi)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.deconv(self.act(self.conv(x)))
