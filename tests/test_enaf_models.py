@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -240,7 +241,8 @@ def test_descriptor(name: str) -> None:
 @pytest.mark.parametrize("path", [1, 2, 3])
 def test_cell_path_is_the_path_inside_the_image(scale: int, path: int) -> None:
     """A path run without padding on a window plus its halo gives exactly that window of the
-    path run on the whole image, and its FLOPs are what the hooks count."""
+    path run on the whole image, inside it and at its border (the 4th channel marks what is
+    outside), and its FLOPs are what the hooks count."""
     torch.manual_seed(0)
     model = build_fsrcnn(scale=scale).eval()
     with torch.no_grad():
@@ -250,11 +252,16 @@ def test_cell_path_is_the_path_inside_the_image(scale: int, path: int) -> None:
         whole = model.forward_path(x, path) - imresize(x, scale, antialias=False)
         net = model.cell_path(path)
         lo, hi = net.halo
-        window = net(x[:, :, 20 - lo:52 + hi, 30 - lo:54 + hi])
-    assert window.shape == (1, 3, 32 * scale, 24 * scale)
-    torch.testing.assert_close(window, whole[..., 20 * scale:52 * scale, 30 * scale:54 * scale],
+        marked = F.pad(torch.cat([x, torch.ones(1, 1, 70, 90)], 1), (lo, hi, lo, hi))
+        inner = net(marked[:, :, 20:52 + lo + hi, 30:54 + lo + hi])
+        corner = net(marked[:, :, 70 - 30:70 + lo + hi, 0:24 + lo + hi])  # bottom-left
+    assert inner.shape == (1, 3, 32 * scale, 24 * scale)
+    torch.testing.assert_close(inner, whole[..., 20 * scale:52 * scale, 30 * scale:54 * scale],
                                atol=1e-5, rtol=0)
-    assert net.window_flops(32, 24) == count_flops(net, (1, 3, 32 + lo + hi, 24 + lo + hi))
+    torch.testing.assert_close(corner, whole[..., 40 * scale:, :24 * scale], atol=1e-5, rtol=0)
+    # its own count is what the layer hooks count on its steps
+    steps = nn.Sequential(*net.steps)
+    assert net.window_flops(32, 24) == count_flops(steps, (1, 3, 32 + lo + hi, 24 + lo + hi))
     assert net.window_flops(32, 24) >= model.path_flops(32, 24)[path]  # the halo costs more
     assert "_cells" not in str(model.state_dict().keys())  # the twins add no weights
 

@@ -1,9 +1,9 @@
 """What every routed family's preset calibration shares: which training images it reads, the
 loss thresholds of the presets, and how presets go into a weights file.
 
-A preset (L/M/S) is the cheapest setting of a family's router whose mean PSNR-Y loss against
-the same weights without routing stays within its threshold on the calibration images, never
-on val. The family's ``finish`` step sweeps its own knob (ENAF: eta and gamma; AdaFormer:
+A preset (L/M/S) is the cheapest setting of a family's router whose PSNR-Y loss against the
+same weights without routing stays within its threshold on the calibration images (on every
+one where the family records each image's loss: ENAF), never on val. The family's ``finish`` step sweeps its own knob (ENAF: eta and gamma; AdaFormer:
 eps_h) and stores the result with :func:`write_presets`, where ``create_model`` reads it.
 """
 
@@ -36,15 +36,22 @@ def calibration_set(folder: str | Path, *, scale: int, n: int = N_IMAGES) -> Dat
     return replace(data, name=f"{data.name} (calibration)", samples=chosen)
 
 
+def judged_loss(row: dict[str, Any]) -> float:
+    """The loss a preset is held to: the worst image's (``worst_db``) where a family
+    records it, so that a preset holds on every calibration image, not on their mean."""
+    return row.get("worst_db", row["loss_db"])
+
+
 def pick_presets(table: list[dict[str, Any]], keys: tuple[str, ...],
                  thresholds: dict[str, float] = THRESHOLDS_DB) -> dict[str, dict[str, Any]]:
-    """Per preset, the fewest-FLOPs row of ``table`` (each with ``loss_db``, ``flops_pct``
-    and the setting's ``keys``) within its loss threshold; if none is, the most accurate."""
+    """Per preset, the fewest-FLOPs row of ``table`` (each with ``loss_db``, ``flops_pct``,
+    maybe ``worst_db``, and the setting's ``keys``) within its loss threshold
+    (:func:`judged_loss`); if none is, the most accurate."""
     presets = {}
     for name, limit in thresholds.items():
-        ok = [r for r in table if r["loss_db"] <= limit]
+        ok = [r for r in table if judged_loss(r) <= limit]
         best = (min(ok, key=lambda r: r["flops_pct"]) if ok
-                else min(table, key=lambda r: r["loss_db"]))
+                else min(table, key=judged_loss))
         presets[name] = {k: best[k] for k in keys}
     return presets
 
@@ -54,7 +61,7 @@ def unmet_caption(calibration: dict[str, Any]) -> str | None:
     see :func:`pick_presets`), for the calibration table; None when every preset holds."""
     limits = calibration["thresholds_db"]
     missed = [n for n, limit in limits.items()
-              if all(r["loss_db"] > limit for r in calibration["table"])]
+              if all(judged_loss(r) > limit for r in calibration["table"])]
     if not missed:
         return None
     return ("no setting within " + ", ".join(f"{n}'s {limits[n]:g} dB" for n in missed)

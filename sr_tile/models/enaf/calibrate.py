@@ -100,7 +100,7 @@ class SweepRunner(ExitRunner):
         the runs ``ExitRunner.run_cells`` would make."""
         if self.setting is None:
             pieces = self.cell_pieces(x, windows)
-            outs = [self.run_cells(x, self.cell_runs(pieces, [p] * len(pieces)))
+            outs = [self.run_cells(x, windows, self.cell_runs(pieces, [p] * len(pieces)))
                     for p in range(self.model.num_paths)]
             self.recorded.append((pieces, torch.stack(outs)))
             return outs[-1]
@@ -127,8 +127,8 @@ def calibrate(model: str, weights: str | Path, folder: str | Path, *, scale: int
               on_image: Callable[[str, int, int], Any] | None = None) -> dict[str, Any]:
     """Sweep (gamma, eta) on the calibration images; return presets and the measured table.
 
-    A preset is the cheapest (fewest FLOPs) setting within its PSNR-loss threshold; if none
-    is, the most accurate setting measured. ``on_image(name, index, total)`` before each image.
+    A preset is the cheapest (fewest FLOPs) setting whose loss on every image is within its
+    threshold; if none is, the most accurate setting measured. ``on_image(name, index, total)`` before each image.
     """
     if not image_files(Path(folder)):
         raise ConfigError(f"{folder}: no calibration images")
@@ -157,9 +157,10 @@ def calibrate(model: str, weights: str | Path, folder: str | Path, *, scale: int
     table = []
     for eta, gamma in settings:
         taken = paths[(eta, gamma)]
+        losses = [a - b for a, b in zip(psnrs[None], psnrs[(eta, gamma)])]
         table.append({
             "eta": eta, "gamma": gamma,
-            "loss_db": static - statistics.fmean(psnrs[(eta, gamma)]),
+            "loss_db": statistics.fmean(losses), "worst_db": max(losses),
             "flops_pct": 100.0 * flops[(eta, gamma)] / static_flops,
             "exits": {name: taken.count(j) / len(taken)
                       for j, name in enumerate(ExitRunner.PATH_NAMES)},

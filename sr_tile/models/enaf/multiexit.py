@@ -64,28 +64,40 @@ class _PathNet(nn.Module):
 
 
 class CellPath(nn.Module):
-    """Path ``p`` of a backbone run without padding (``MultiExitSR.cell_path``): a window of
-    an LR image with ``halo`` (lo, hi) context pixels on each side -> the head's residual of
-    exactly the window's inside, ``scale`` x its size. Each layer is a twin sharing the
-    backbone's parameters, so the FLOPs hooks count what runs: every conv at the size it
-    outputs, the deconv (classsr) at output resolution. It is not a submodule of the
-    backbone (its state dict would repeat the backbone's)."""
+    """Path ``p`` of a backbone run without padding (``MultiExitSR.cell_path``).
 
-    def __init__(self, layers: Sequence[nn.Module], halo: tuple[int, int], scale: int) -> None:
+    Input: windows of an LR image with ``halo`` (lo, hi) context pixels on each side, RGB
+    plus a 4th channel that is 1 where a pixel lies inside the image. Output: the head's
+    residual of exactly the window's inside, ``scale`` x its size. After each step but the
+    last, what lies outside the image is zeroed, as the whole network's zero padding does
+    at every layer, so that cells at the image's border match it too. Each step is a twin
+    sharing the backbone's parameters, so the FLOPs hooks count what runs: every conv at
+    the size it outputs, the deconv (classsr) at output resolution. It is not a submodule of
+    the backbone (its state dict would repeat the backbone's)."""
+
+    def __init__(self, steps: Sequence[tuple[nn.Module, int, int]], scale: int) -> None:
         super().__init__()
-        self.layers = nn.Sequential(*layers)
-        self.halo = halo
+        self.steps = nn.ModuleList(step for step, _, _ in steps)
+        self.cuts = [(lo, hi) for _, lo, hi in steps]
+        self.halo = (sum(lo for lo, _ in self.cuts), sum(hi for _, hi in self.cuts))
         self.scale = scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+        x, inside = x[:, :3], x[:, 3:]
+        last = len(self.steps) - 1
+        for k, (step, (lo, hi)) in enumerate(zip(self.steps, self.cuts)):
+            x = step(x)
+            if k < last:
+                inside = inside[..., lo:inside.shape[-2] - hi, lo:inside.shape[-1] - hi]
+                x = x * inside
+        return x
 
     def window_flops(self, height: int, width: int) -> int:
         """classsr FLOPs of one window whose inside is ``height x width`` LR px: what the
         hooks count (tested), without running anything."""
         lo, hi = self.halo
         h, w, total = height + lo + hi, width + lo + hi, 0
-        for m in self.layers.modules():
+        for m in self.steps.modules():
             if isinstance(m, SubPixelConvTranspose2d):
                 a, b = m.pad[:2]
                 h, w = (h - a - b) * self.scale, (w - a - b) * self.scale
@@ -147,12 +159,8 @@ class MultiExitSR(nn.Module):
                     and all(hasattr(layer, "valid") for layer in layers)):
                 self._cells[path] = None
             else:
-                twins, lo, hi = [], 0, 0
-                for layer in layers:
-                    twin, (a, b) = layer.valid()
-                    twins.append(twin)
-                    lo, hi = lo + a, hi + b
-                self._cells[path] = CellPath(twins, (lo, hi), self.scale)
+                self._cells[path] = CellPath([step for layer in layers
+                                              for step in layer.valid()], self.scale)
         return self._cells[path]
 
     def run_cells(self, path: int, windows: torch.Tensor) -> torch.Tensor:

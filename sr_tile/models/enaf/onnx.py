@@ -60,6 +60,6 @@ def enaf_parts(model) -> list[ExportPart]:
             net = backbone.cell_path(path)
             lo, hi = net.halo
             parts.append(ExportPart(
-                f"backbone.cells.{path}", net, torch.rand(2, 3, 32 + lo + hi, 32 + lo + hi),
+                f"backbone.cells.{path}", net, torch.rand(2, 4, 32 + lo + hi, 32 + lo + hi),
                 install=lambda m, p, path=path: m.backbone.set_cell_path(path, p)))
     return parts

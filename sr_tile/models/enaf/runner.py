@@ -221,7 +221,7 @@ class ExitRunner(TileRunner):
         if self.cells:
             pieces = self.cell_pieces(x, windows)
             self.paths = self._cell_paths
-            return self.run_cells(x, self.cell_runs(
+            return self.run_cells(x, windows, self.cell_runs(
                 pieces, [self._cell_paths[p.cell] for p in pieces]))
         if self.routing.path is not None:  # a fixed exit: no estimator runs, none is counted
             paths = torch.full((x.shape[0],), self.routing.path, dtype=torch.long)
@@ -271,15 +271,23 @@ class ExitRunner(TileRunner):
         return sum(self.model.backbone.cell_path(path).window_flops(h, w) * len(group)
                    for (path, h, w), group in groups.items())
 
-    def run_cells(self, x: torch.Tensor, groups: dict[tuple[int, int, int],
-                                                       list[CellPiece]]) -> torch.Tensor:
+    def run_cells(self, x: torch.Tensor, windows: list[TileWindow],
+                  groups: dict[tuple[int, int, int], list[CellPiece]]) -> torch.Tensor:
         """The batch's output: the bicubic skip of each tile once, plus each path's
         ``CellPath`` on its runs' windows (zeros beyond the tile: the tiler discards a margin
-        that covers every halo); counts the FLOPs."""
+        that covers every halo; a 4th channel says what lies inside the image); counts the
+        FLOPs."""
         backbone, s = self.model.backbone, int(self.scale)
         out = bicubic(x, s)
         pad = max((max(backbone.cell_path(p).halo) for p, _, _ in groups), default=0)
-        padded = F.pad(x, (pad,) * 4)
+        (height, width), (h, w) = self._size, x.shape[-2:]
+        def axis(start: int, n: int, length: int) -> torch.Tensor:
+            at = torch.arange(start - pad, start + n + pad)
+            return (at >= 0) & (at < length)
+
+        inside = torch.stack([axis(win.y0, h, height)[:, None] & axis(win.x0, w, width)[None, :]
+                              for win in windows])[:, None].to(x)
+        padded = torch.cat([F.pad(x, (pad,) * 4), inside], dim=1)
         for (path, h, w), group in groups.items():
             lo, hi = backbone.cell_path(path).halo
             for k in range(0, len(group), CELL_BATCH):

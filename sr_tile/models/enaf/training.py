@@ -513,7 +513,7 @@ def calibrate_presets(cfg: Any, weights: Path | None, console: Console | None) -
     """Find the L/M/S presets on training images, store them in the weights file; the table
     of the settings that no other beats on both loss and FLOPs."""
     from sr_tile.models.enaf.calibrate import calibrate
-    from sr_tile.train.calibration import start, unmet_caption, write_presets
+    from sr_tile.train.calibration import judged_loss, start, unmet_caption, write_presets
 
     weights, _, on_image = start(cfg, weights, console)
     result = calibrate(cfg.model, weights, cfg.data.train_dir, scale=cfg.scale,
@@ -521,19 +521,20 @@ def calibrate_presets(cfg: Any, weights: Path | None, console: Console | None) -
     write_presets(weights, result)
     rows = result["table"]
     front, best = [], math.inf  # cheapest first; a row stays if it loses less than all cheaper
-    for row in sorted(rows, key=lambda r: (r["flops_pct"], r["loss_db"])):
-        if row["loss_db"] < best:
+    for row in sorted(rows, key=lambda r: (r["flops_pct"], judged_loss(r))):
+        if judged_loss(row) < best:
             front.append(row)
-            best = row["loss_db"]
+            best = judged_loss(row)
     table = Table(title=f"presets of {weights.name} (loss vs full network, "
                         f"{len(result['images'])} training images; the {len(front)} of "
                         f"{len(rows)} settings that no other beats on both)",
                   title_justify="left", caption=unmet_caption(result))
-    for name in ("gamma", "eta", "PSNR-Y loss", "FLOPs % (estimator incl.)", "preset"):
+    for name in ("gamma", "eta", "PSNR-Y loss: worst image", "mean",
+                 "FLOPs % (estimator incl.)", "preset"):
         table.add_column(name, justify="right")
     for row in reversed(front):
         marks = ",".join(k for k, v in result["presets"].items()
                          if (v["eta"], v["gamma"]) == (row["eta"], row["gamma"]))
-        table.add_row(f"{row['gamma']:g}", f"{row['eta']:g}", f"{row['loss_db']:.3f} dB",
-                      f"{row['flops_pct']:.1f}", marks)
+        table.add_row(f"{row['gamma']:g}", f"{row['eta']:g}", f"{judged_loss(row):.3f} dB",
+                      f"{row['loss_db']:.3f} dB", f"{row['flops_pct']:.1f}", marks)
     return table

@@ -43,15 +43,16 @@ def small_init_(layer: nn.Module, gain: float = 0.1) -> nn.Module:
 class ConvAct(nn.Sequential):
     """``conv`` (same padding) followed by ``act`` (omitted when ``act`` is None)."""
 
-    def valid(self) -> tuple[nn.Module, tuple[int, int]]:
+    def valid(self) -> list[tuple[nn.Module, int, int]]:
         """This layer without padding, sharing its parameters, and the input pixels it
-        consumes on each side: (k // 2, k // 2). See ``MultiExitSR.cell_path``."""
+        consumes before and after on each axis: (k // 2, k // 2). See
+        ``MultiExitSR.cell_path``."""
         conv = self.conv
         twin = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size,
                          groups=conv.groups, bias=conv.bias is not None, device="meta")
         twin.weight, twin.bias = conv.weight, conv.bias
         k = conv.kernel_size[0] // 2
-        return nn.Sequential(twin, *list(self)[1:]), (k, k)
+        return [(nn.Sequential(twin, *list(self)[1:]), k, k)]
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *,
                  act: str | None = None, groups: int = 1) -> None:

@@ -150,9 +150,10 @@ class DeconvHead(nn.Module):
     def output_layer(self) -> nn.Module:
         return self.deconv
 
-    def valid(self) -> tuple[nn.Module, tuple[int, int]]:
-        """This head without padding, sharing its parameters, and the LR pixels it consumes
-        on each side (the conv's k // 2 plus the deconv's taps). See ``MultiExitSR.cell_path``."""
+    def valid(self) -> list[tuple[nn.Module, int, int]]:
+        """This head without padding, sharing its parameters, as two steps (conv + act, the
+        deconv), each with the LR pixels it consumes before and after on each axis. See
+        ``MultiExitSR.cell_path``."""
         conv, deconv = self.conv, self.deconv
         twin_conv = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size,
                               device="meta")
@@ -165,7 +166,7 @@ class DeconvHead(nn.Module):
         twin.phase_index = deconv.phase_index
         k = conv.kernel_size[0] // 2
         lo, hi = deconv.pad[:2]
-        return nn.Sequential(twin_conv, self.act, twin), (k + lo, k + hi)
+        return [(nn.Sequential(twin_conv, self.act), k, k), (twin, lo, hi)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.deconv(self.act(self.conv(x)))
