@@ -255,6 +255,9 @@ def test_cell_path_is_the_path_inside_the_image(scale: int, path: int) -> None:
         marked = F.pad(torch.cat([x, torch.ones(1, 1, 70, 90)], 1), (lo, hi, lo, hi))
         inner = net(marked[:, :, 20:52 + lo + hi, 30:54 + lo + hi])
         corner = net(marked[:, :, 70 - 30:70 + lo + hi, 0:24 + lo + hi])  # bottom-left
+        # the same, told as the strips beyond the image (top, bottom, left, right)
+        strips = net(marked[:, :3, 70 - 30:70 + lo + hi, 0:24 + lo + hi], [(0, hi, lo, 0)])
+    torch.testing.assert_close(strips, corner, atol=1e-6, rtol=0)
     assert inner.shape == (1, 3, 32 * scale, 24 * scale)
     torch.testing.assert_close(inner, whole[..., 20 * scale:52 * scale, 30 * scale:54 * scale],
                                atol=1e-5, rtol=0)

@@ -82,15 +82,28 @@ class CellPath(nn.Module):
         self.halo = (sum(lo for lo, _ in self.cuts), sum(hi for _, hi in self.cuts))
         self.scale = scale
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, inside = x[:, :3], x[:, 3:]
-        last = len(self.steps) - 1
-        for k, (step, (lo, hi)) in enumerate(zip(self.steps, self.cuts)):
+    def forward(self, x: torch.Tensor,
+                outside: Sequence[tuple[int, int, int, int]] | None = None) -> torch.Tensor:
+        """Windows (N, 3, h, w) -> (N, 3, s * (h - lo - hi), s * (w - lo - hi)).
+
+        What lies beyond the image is given either as ``outside``, each window's pixels
+        beyond it at the top, bottom, left and right (those strips are zeroed in place), or
+        as a 4th input channel, 1 inside the image (multiplied in: the form a traced ONNX
+        graph takes)."""
+        inside = x[:, 3:] if x.shape[1] == 4 else None
+        x = x[:, :3]
+        edges = [list(o) for o in outside or []]
+        for step, (lo, hi) in zip(self.steps[:-1], self.cuts):
             x = step(x)
-            if k < last:
+            if inside is not None:
                 inside = inside[..., lo:inside.shape[-2] - hi, lo:inside.shape[-1] - hi]
                 x = x * inside
-        return x
+            for i, edge in enumerate(edges):
+                edge[:] = (max(0, v - c) for v, c in zip(edge, (lo, hi, lo, hi)))
+                top, bottom, left, right = edge
+                x[i, :, :top], x[i, :, x.shape[-2] - bottom:] = 0, 0  # [H - 0:] is empty
+                x[i, :, :, :left], x[i, :, :, x.shape[-1] - right:] = 0, 0
+        return self.steps[-1](x)
 
     def window_flops(self, height: int, width: int) -> int:
         """classsr FLOPs of one window whose inside is ``height x width`` LR px: what the
@@ -163,9 +176,19 @@ class MultiExitSR(nn.Module):
                                               for step in layer.valid()], self.scale)
         return self._cells[path]
 
-    def run_cells(self, path: int, windows: torch.Tensor) -> torch.Tensor:
-        """``cell_path(path)`` on a batch of windows, or the module set in its place."""
-        return self._cell_runs.get(path, self._cells[path])(windows)
+    def run_cells(self, path: int, windows: torch.Tensor,
+                  outside: Sequence[tuple[int, int, int, int]]) -> torch.Tensor:
+        """``cell_path(path)`` on a batch of windows with their pixels ``outside`` the image
+        (see ``CellPath.forward``), or the module set in its place (an ONNX graph: it takes
+        them as a 4th channel)."""
+        if path not in self._cell_runs:
+            return self._cells[path](windows, outside)
+        n, _, h, w = windows.shape
+        inside = windows.new_ones(n, 1, h, w)
+        for i, (top, bottom, left, right) in enumerate(outside):
+            inside[i, :, :top], inside[i, :, h - bottom:] = 0, 0  # [h - 0:] is empty
+            inside[i, :, :, :left], inside[i, :, :, w - right:] = 0, 0
+        return self._cell_runs[path](torch.cat([windows, inside], dim=1))
 
     def set_cell_path(self, path: int, module: nn.Module) -> None:
         """Run path ``path``'s cells with ``module`` (an ONNX Runtime part of its CellPath)."""
