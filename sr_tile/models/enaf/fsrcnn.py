@@ -77,8 +77,11 @@ class EnafFSRCNN(MultiExitSR):
         ]
         heads.append(DeconvHead(in_channels=cfg.s, mid_channels=cfg.d, scale=cfg.scale,
                                 kernel_size=1, act="prelu"))
+        # x2 routes by tiles: its trunk is a larger share of the network and its halos are
+        # wider (6-9 px), so cells cost more than they save there (val, preset M: 1.77x the
+        # static best's time by cells, 1.11x by tiles; x3 and x4 gain FLOPs and quality)
         super().__init__(segments=segments, heads=heads, attach=(1, 2, len(segments)),
-                         scale=cfg.scale, name=NAME)
+                         scale=cfg.scale, name=NAME, cells=cfg.scale != 2)
         self.config = cfg
 
 

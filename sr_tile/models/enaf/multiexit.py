@@ -138,7 +138,8 @@ class MultiExitSR(nn.Module):
     num_paths: int = 4
 
     def __init__(self, *, segments: Sequence[nn.Module], heads: Sequence[nn.Module],
-                 attach: tuple[int, int, int], scale: int, name: str) -> None:
+                 attach: tuple[int, int, int], scale: int, name: str,
+                 cells: bool = True) -> None:
         super().__init__()
         self.segments = nn.ModuleList(segments)
         self.heads = nn.ModuleList(heads)
@@ -153,6 +154,7 @@ class MultiExitSR(nn.Module):
         self._flops_cache: dict[str, tuple[int, int, int, int]] = {}
         self._cells: dict[int, CellPath | None] = {}  # path -> CellPath
         self._cell_runs: dict[int, nn.Module] = {}  # path -> what runs it (ONNX Runtime's)
+        self.cells = cells  # route by cells where every path can (see ``runs_cells``)
         halo = (max(max(self.cell_path(p).halo) for p in range(1, self.num_paths))
                 if self.runs_cells else None)
         self.descriptor = exits_descriptor(name, scale, cell_halo=halo)
@@ -196,8 +198,10 @@ class MultiExitSR(nn.Module):
 
     @property
     def runs_cells(self) -> bool:
-        """Whether every path can run by routing cells (``cell_path``)."""
-        return all(self.cell_path(p) is not None for p in range(1, self.num_paths))
+        """Whether it routes by cells: asked to (``cells``), and every path can
+        (``cell_path``)."""
+        return self.cells and all(self.cell_path(p) is not None
+                                  for p in range(1, self.num_paths))
 
     def depth(self, path: int) -> int:
         """How many trunk segments ``path`` runs (0 for bicubic)."""
