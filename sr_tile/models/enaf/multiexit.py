@@ -66,14 +66,14 @@ class _PathNet(nn.Module):
 class CellPath(nn.Module):
     """Path ``p`` of a backbone run without padding (``MultiExitSR.cell_path``).
 
-    Input: windows of an LR image with ``halo`` (lo, hi) context pixels on each side, RGB
-    plus a 4th channel that is 1 where a pixel lies inside the image. Output: the head's
-    residual of exactly the window's inside, ``scale`` x its size. After each step but the
-    last, what lies outside the image is zeroed, as the whole network's zero padding does
-    at every layer, so that cells at the image's border match it too. Each step is a twin
-    sharing the backbone's parameters, so the FLOPs hooks count what runs: every conv at
-    the size it outputs, the deconv (classsr) at output resolution. It is not a submodule of
-    the backbone (its state dict would repeat the backbone's)."""
+    Input: windows of an LR image with ``halo`` (lo, hi) context pixels on each side.
+    Output: the head's residual of exactly the window's inside, ``scale`` x its size. After
+    each step but the last, what lies outside the image is zeroed, as the whole network's
+    zero padding does at every layer, so that cells at the image's border match it too
+    (``forward``). Each step is a twin sharing the backbone's parameters; ``window_flops``
+    counts what runs (classsr: every conv at the size it outputs, the deconv at output
+    resolution). It is not a submodule of the backbone (its state dict would repeat the
+    backbone's)."""
 
     def __init__(self, steps: Sequence[tuple[nn.Module, int, int]], scale: int) -> None:
         super().__init__()

@@ -39,18 +39,17 @@ ESTIMATOR_BATCH = 256  # off-grid tiles per estimator pass (~2x faster per tile 
 ESTIMATOR_ROWS = 256  # LR rows per band of the whole-image estimator map (bounds its memory)
 ESTIMATOR_BLOCK = 32  # block side a band is cut into for the estimator's batch
 CELL = 32  # a routing cell's side: the patch ENAF's estimator and FLOPs table are made for
+CELL_GRID = TileConfig(CELL, 0, 0)  # the cells of an image: one grid from its top-left corner
 #: LR pixels of cell windows per pass (halos included): small passes keep the activations
 #: in cache (FSRCNN ran ~2x faster per pixel in 16-64 windows of 46x46 than in one large tile)
 CELL_PIXELS = 16384
 
 
 class ExitRunner(TileRunner):
-    """ENAF: the estimator and blank vector pick a path per tile (Eq. 9).
-
-    Tiles are run by ``backbone.forward_paths``: grouped by path, the trunk
-    shared and cut at each tile's depth. ``flops`` counts the paths taken plus
-    the estimator on every tile; ``flops_static`` the full network on every tile.
-    Alpha with ``alpha="model"`` takes the full network.
+    """ENAF: the estimator and blank vector pick a path per cell or tile (Eq. 9), run by
+    ``run_cells`` or ``backbone.forward_paths`` (see the module docstring). ``flops`` counts
+    the work of the paths taken plus the estimator; ``flops_static`` the full network on
+    every tile. Alpha with ``alpha="model"`` takes the full network.
     """
 
     PATH_NAMES = ("bicubic", "exit1", "exit2", "full")
@@ -74,8 +73,8 @@ class ExitRunner(TileRunner):
         self._blank = torch.empty(0, dtype=torch.bool)
         self._tiling: TileConfig | None = None
         self._size = (0, 0)
-        #: cells: the cell grid, and each cell's LR span on each axis; its paths, row-major
-        self._grid: tuple[TilePlan, TilePlan, list, list] | None = None
+        #: cells: each cell row's and column's LR span, and each cell's path, row-major
+        self._grid: tuple[list, list] | None = None
         self._cell_paths: list[int] = []
 
     def prepare(self, image: np.ndarray, tiling: TileConfig) -> None:
@@ -84,9 +83,8 @@ class ExitRunner(TileRunner):
         tile: overlapping tiles would read most pixels ~1.8 times (see ``_estimate``)."""
         self._tiling, self._size = tiling, image.shape[:2]
         if self.cells:
-            patches = TileConfig(CELL, 0, 0)
-            py, px = patches.plans(*self._size)
-            self._grid = (py, px, [owned_span(py, i, 0) for i in range(py.count)],
+            py, px = CELL_GRID.plans(*self._size)
+            self._grid = ([owned_span(py, i, 0) for i in range(py.count)],
                           [owned_span(px, j, 0) for j in range(px.count)])
             height, width = py.tile, px.tile
         else:
@@ -237,7 +235,7 @@ class ExitRunner(TileRunner):
     def cell_pieces(self, x: torch.Tensor, windows: list[TileWindow]) -> list[CellPiece]:
         """Where the cells of the image's grid lie in each tile of the batch: every tile is cut
         along the cells' spans (a cell at a tile's edge gives a smaller piece)."""
-        _, _, rows, cols = self._grid
+        rows, cols = self._grid
         h, w = x.shape[-2:]
         pieces = []
         for b, win in enumerate(windows):
@@ -317,7 +315,7 @@ class ExitRunner(TileRunner):
     def route_map(self) -> RouteMap:
         if self._tiling is None:
             raise RuntimeError("no image has run yet")
-        grid = TileConfig(CELL, 0, 0) if self.cells else self._tiling
+        grid = CELL_GRID if self.cells else self._tiling
         return RouteMap(paint_tiles(grid, *self._size, self.paths), self.PATH_NAMES,
                         "the path each patch took")
 
