@@ -3,7 +3,8 @@ loss thresholds of the presets, and how presets go into a weights file.
 
 A preset (L/M/S) is the cheapest setting of a family's router whose PSNR-Y loss against the
 same weights without routing stays within its threshold on the calibration images (on every
-one where the family records each image's loss: ENAF), never on val. The family's ``finish`` step sweeps its own knob (ENAF: eta and gamma; AdaFormer:
+one where the family records each image's loss: ENAF), never on val. The family's
+``finish`` step sweeps its own knob (ENAF: eta and gamma; AdaFormer:
 eps_h) and stores the result with :func:`write_presets`, where ``create_model`` reads it.
 """
 

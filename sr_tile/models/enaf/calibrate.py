@@ -70,6 +70,10 @@ class SweepRunner(ExitRunner):
         else:
             self.flops += self._estimator_flops
             self._u, self._blank, self._grid = self._estimates
+            if self.cells:  # the setting's path of every cell, once per image
+                eta, gamma = self.setting
+                self.paths = fuse(self._u, self._blank, self.model.costs(CELL, CELL),
+                                  eta=eta, gamma=gamma).tolist()
 
     def run_rgb(self, x: torch.Tensor, windows: list[TileWindow], *,
                 routed: bool) -> torch.Tensor:
@@ -106,9 +110,6 @@ class SweepRunner(ExitRunner):
             return outs[-1]
         pieces, outs = self.recorded[self._replayed]
         self._replayed += 1
-        eta, gamma = self.setting
-        self.paths = fuse(self._u, self._blank, self.model.costs(CELL, CELL),
-                          eta=eta, gamma=gamma).tolist()
         chosen = [self.paths[p.cell] for p in pieces]
         self.flops += self.runs_flops(self.cell_runs(pieces, chosen))
         out = outs[0].clone()
@@ -128,7 +129,8 @@ def calibrate(model: str, weights: str | Path, folder: str | Path, *, scale: int
     """Sweep (gamma, eta) on the calibration images; return presets and the measured table.
 
     A preset is the cheapest (fewest FLOPs) setting whose loss on every image is within its
-    threshold; if none is, the most accurate setting measured. ``on_image(name, index, total)`` before each image.
+    threshold; if none is, the most accurate setting measured. ``on_image(name, index,
+    total)`` before each image.
     """
     if not image_files(Path(folder)):
         raise ConfigError(f"{folder}: no calibration images")

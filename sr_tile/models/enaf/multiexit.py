@@ -168,10 +168,10 @@ class MultiExitSR(nn.Module):
         else: no overlap to recompute or blend."""
         if path not in self._cells:
             segments = list(self.segments[:self.depth(path)])
-            layers = [layer for segment in segments if isinstance(segment, nn.Sequential)
-                      for layer in segment] + [self.heads[path - 1]]
-            if not (all(isinstance(segment, nn.Sequential) for segment in segments)
-                    and all(hasattr(layer, "valid") for layer in layers)):
+            plain = all(isinstance(segment, nn.Sequential) for segment in segments)
+            layers = [layer for segment in segments for layer in segment] if plain else []
+            layers.append(self.heads[path - 1])
+            if not (plain and all(hasattr(layer, "valid") for layer in layers)):
                 self._cells[path] = None
             else:
                 self._cells[path] = CellPath([step for layer in layers

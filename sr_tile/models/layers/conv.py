@@ -40,6 +40,14 @@ def small_init_(layer: nn.Module, gain: float = 0.1) -> nn.Module:
     return layer
 
 
+def unpadded_twin(conv: nn.Conv2d) -> nn.Conv2d:
+    """``conv`` without padding, sharing its weight and bias (``valid`` steps of a layer)."""
+    twin = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, groups=conv.groups,
+                     bias=conv.bias is not None, device="meta")
+    twin.weight, twin.bias = conv.weight, conv.bias
+    return twin
+
+
 class ConvAct(nn.Sequential):
     """``conv`` (same padding) followed by ``act`` (omitted when ``act`` is None)."""
 
@@ -47,12 +55,8 @@ class ConvAct(nn.Sequential):
         """This layer without padding, sharing its parameters, and the input pixels it
         consumes before and after on each axis: (k // 2, k // 2). See
         ``MultiExitSR.cell_path``."""
-        conv = self.conv
-        twin = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size,
-                         groups=conv.groups, bias=conv.bias is not None, device="meta")
-        twin.weight, twin.bias = conv.weight, conv.bias
-        k = conv.kernel_size[0] // 2
-        return [(nn.Sequential(twin, *list(self)[1:]), k, k)]
+        k = self.conv.kernel_size[0] // 2
+        return [(nn.Sequential(unpadded_twin(self.conv), *list(self)[1:]), k, k)]
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *,
                  act: str | None = None, groups: int = 1) -> None:

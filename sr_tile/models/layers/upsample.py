@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sr_tile.imresize import imresize
-from sr_tile.models.layers.conv import make_act, zero_init_
+from sr_tile.models.layers.conv import make_act, unpadded_twin, zero_init_
 from sr_tile.ops import PixelShuffle, pixel_shuffle
 
 
@@ -155,9 +155,6 @@ class DeconvHead(nn.Module):
         deconv), each with the LR pixels it consumes before and after on each axis. See
         ``MultiExitSR.cell_path``."""
         conv, deconv = self.conv, self.deconv
-        twin_conv = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size,
-                              device="meta")
-        twin_conv.weight, twin_conv.bias = conv.weight, conv.bias
         twin = SubPixelConvTranspose2d(
             deconv.in_channels, deconv.out_channels, deconv.kernel_size[0],
             stride=deconv.stride[0], padding=deconv.padding[0],
@@ -166,7 +163,7 @@ class DeconvHead(nn.Module):
         twin.phase_index = deconv.phase_index
         k = conv.kernel_size[0] // 2
         lo, hi = deconv.pad[:2]
-        return [(nn.Sequential(twin_conv, self.act), k, k), (twin, lo, hi)]
+        return [(nn.Sequential(unpadded_twin(conv), self.act), k, k), (twin, lo, hi)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.deconv(self.act(self.conv(x)))
