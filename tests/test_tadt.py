@@ -172,6 +172,27 @@ def test_arbitrary_scale_batches_line_up_with_their_targets():
     assert (back - b.hr).abs().mean() < 0.06
 
 
+def test_hard_pool_keeps_the_crops_bicubic_gets_most_wrong():
+    """hard_pool k draws the same crops as a k-times-larger uniform batch (one generator) and
+    keeps the n with the largest bicubic error, in draw order."""
+    from skimage import data
+
+    from sr_tile.imresize import bicubic_grid
+    from sr_tile.train.data import ImagePair, ScaleSampler
+
+    hr = data.astronaut()  # a smooth background and a detailed figure
+    pairs = [ImagePair("a", hr, hr[::4, ::4], "x", False)]
+    uniform = ScaleSampler(pairs, lr_patch=32, queries=16, scales=(3.0, 3.0))
+    hard = ScaleSampler(pairs, lr_patch=32, queries=16, scales=(3.0, 3.0), hard_pool=4)
+    every = uniform.batch(24, torch.Generator().manual_seed(5))
+    kept = hard.batch(6, torch.Generator().manual_seed(5))
+    err = (bicubic_grid(every.lr, every.ys, every.xs) - every.hr).square().mean(dim=(1, 2, 3))
+    top = err.topk(6).indices.sort().values
+    assert torch.equal(kept.lr, every.lr[top]) and torch.equal(kept.hr, every.hr[top])
+    assert torch.equal(kept.ys, every.ys[top]) and torch.equal(kept.xs, every.xs[top])
+    assert err[top].min() >= err.median()
+
+
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict[str, Path]:
     return image_folders(tmp_path_factory.mktemp("tadt-images"), 256)

@@ -735,6 +735,8 @@ def test_cli_runs_one_phase(folders, tmp_path: Path) -> None:
     (["train", "gan", "--backbone", "fsrcnn"], "unknown model family 'gan'"),
     (["train", "enaf", "-b", "fsrcnn", "--config", "x.yaml"], "not both"),
     (["train", "enaf", "-b", "fsrcnn", "--phase", "warmup"], "--phase must be"),
+    (["train", "tadt", "--set", "phases.baseline.hard_pool=0"],
+     "phases.baseline.hard_pool: must be >= 1"),
 ])
 def test_cli_errors_are_one_red_line(args: list[str], message: str, tmp_path: Path,
                                      monkeypatch) -> None:

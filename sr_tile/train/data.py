@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from sr_tile.errors import ConfigError, ImageWriteError, SrTileError
-from sr_tile.imresize import imresize, imresize_np
+from sr_tile.imresize import bicubic_grid, imresize, imresize_np
 from sr_tile.io.atomic import write_bytes_atomic
 
 __all__ = [
@@ -316,10 +316,19 @@ class ScaleSampler:
     crops of round(p * s) px (flipped / rotated), their LR by MATLAB antialiased bicubic to
     p x p (rounded to 8 bits, as a stored LR is), and ``queries`` random rows x columns of each
     HR crop as the targets (LIIF samples 48 x 48 pixels per crop; a grid keeps the
-    upsamplers' row x column layout)."""
+    upsamplers' row x column layout).
+
+    ``hard_pool`` k > 1 draws k x n crops and keeps the n on which bicubic errs most (mean
+    squared error at the targets). The photos here are mostly smooth (bicubic x4 at 41-50 dB on
+    many), so uniform crops give a residual model little to learn from: TADT-light trained on
+    them stayed at its bicubic start for 1,000 steps of L2 and 3,500 of L1, and with k = 4
+    it gained +0.14 dB over bicubic on uniform x4 crops within 300 steps."""
 
     def __init__(self, pairs: Sequence[ImagePair], *, lr_patch: int, queries: int,
-                 scales: tuple[float, float] = (1.0, 4.0), augment: bool = True) -> None:
+                 scales: tuple[float, float] = (1.0, 4.0), augment: bool = True,
+                 hard_pool: int = 1) -> None:
+        if hard_pool < 1:
+            raise ConfigError(f"hard_pool must be >= 1, got {hard_pool}")
         largest = int(round(lr_patch * scales[1]))
         self.pairs = [p for p in pairs if min(p.hr.shape[:2]) >= largest]
         if not self.pairs:
@@ -327,6 +336,7 @@ class ScaleSampler:
         if queries > lr_patch:
             raise ConfigError(f"queries {queries} must be at most lr_patch {lr_patch}")
         self.lr_patch, self.queries, self.scales, self.augment = lr_patch, queries, scales, augment
+        self.hard_pool = hard_pool
         self.weights = torch.tensor([float(p.hr.shape[0] * p.hr.shape[1]) for p in self.pairs],
                                     dtype=torch.float64)
 
@@ -336,6 +346,7 @@ class ScaleSampler:
         s = low + (high - low) * float(torch.rand((), generator=generator, dtype=torch.float64))
         p, q = self.lr_patch, self.queries
         size = max(p, int(round(p * s)))
+        keep, n = n, n * self.hard_pool
         idx = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         crops = np.empty((n, size, size, 3), dtype=np.uint8)
         for k, i in enumerate(idx.tolist()):
@@ -352,7 +363,11 @@ class ScaleSampler:
                             for _ in range(n)])
         picked = hr_t[torch.arange(n)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
         to_lr = lambda k: (k.double() + 0.5) * p / size - 0.5  # noqa: E731
+        lr, ys, xs = lr.div_(255.0), to_lr(rows).float(), to_lr(cols).float()
+        hr = picked.permute(0, 3, 1, 2).contiguous()
+        if keep < n:
+            err = (bicubic_grid(lr, ys, xs) - hr).square_().mean(dim=(1, 2, 3))
+            k = err.topk(keep).indices.sort().values
+            lr, ys, xs, hr = lr[k], ys[k], xs[k], hr[k]
         move = (lambda t: t.to(device)) if device is not None else (lambda t: t)
-        return ScaleBatch(lr=move(lr.div_(255.0)), ys=move(to_lr(rows).float()),
-                          xs=move(to_lr(cols).float()),
-                          hr=move(picked.permute(0, 3, 1, 2).contiguous()), scale=size / p)
+        return ScaleBatch(lr=move(lr), ys=move(ys), xs=move(xs), hr=move(hr), scale=size / p)

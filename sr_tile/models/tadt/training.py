@@ -5,7 +5,8 @@ M = [beta >= a1 + a2 * s^a3], lambda = 2e-4, a = 0.25, 0.25, 0.5).
 
 Batches are arbitrary-scale (``sr_tile.train.data.ScaleSampler``): s ~ U(1, 4) per batch, LR
 crops of ``data.lr_patch`` px made from HR crops of round(p * s) px, a grid of ``queries``
-rows x columns of HR pixels as the targets.
+rows x columns of HR pixels as the targets; with ``hard_pool`` k, the batch keeps the crops on
+which bicubic errs most of k times as many.
 """
 
 from __future__ import annotations
@@ -31,12 +32,15 @@ _VAL_BATCH = 4
 @dataclass(frozen=True)
 class TADTPhaseConfig(PhaseConfig):
     """The shared phase settings, plus ``queries`` (rows and columns of HR targets per crop),
-    the training ``scale_min``/``scale_max`` and ``penalty`` (Eq. 5's lambda; phase tadt)."""
+    the training ``scale_min``/``scale_max``, ``penalty`` (Eq. 5's lambda; phase tadt) and
+    ``hard_pool`` (keep the batch's crops on which bicubic errs most, of that many times as
+    many: ``ScaleSampler``)."""
 
     queries: int = 32
     scale_min: float = 1.0
     scale_max: float = 4.0
     penalty: float = 2e-4
+    hard_pool: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -47,6 +51,8 @@ class TADTPhaseConfig(PhaseConfig):
                                        f"{self.scale_min} and {self.scale_max}")
         if self.penalty < 0:
             raise invalid("penalty", f"must be >= 0, got {self.penalty}")
+        if self.hard_pool < 1:
+            raise invalid("hard_pool", f"must be >= 1, got {self.hard_pool}")
 
 
 @dataclass(frozen=True)
@@ -114,7 +120,7 @@ class TADTTask(TrainTask):
                       ctx: PhaseContext) -> ScaleSampler:
         return ScaleSampler(ctx.sampler.pairs, lr_patch=ctx.sampler.lr_patch,
                             queries=config.queries, scales=(config.scale_min, config.scale_max),
-                            augment=ctx.sampler.augment)
+                            augment=ctx.sampler.augment, hard_pool=config.hard_pool)
 
     def loss(self, model: torch.nn.Module, phase: str, config: PhaseConfig, state: Any,
              batch: Callable[[], Any], step: int, generator: torch.Generator,
