@@ -243,3 +243,30 @@ def test_scales_past_training_say_so_once(tmp_path, small_png):
 
     with Image.open(tmp_path / "x7.3.png") as im:  # 48 x 40 in: round half up of 7.3x
         assert im.size == (350, 292)
+
+
+def test_fig2_report_routes_each_image_at_each_scale_and_plots(tmp_path, astronaut):
+    """``benchmarks/tadt_scales.py``: routes, FLOPs per LR pixel and the plot (untrained: every
+    branch on, so 100 % of the all-branch extractor at each scale)."""
+    import json
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    pytest.importorskip("matplotlib")
+    folder = tmp_path / "hr"
+    folder.mkdir()
+    Image.fromarray(astronaut[:192, :256]).save(folder / "a.png")
+    report, plot = tmp_path / "r.json", tmp_path / "f.png"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "tadt_scales.py"
+    done = subprocess.run([sys.executable, str(script), str(folder), "--untrained",
+                           "--scales", "2,2.5", "--json", str(report), "--plot", str(plot)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(report.read_text())
+    assert data["scales"] == [2.0, 2.5] and [i["name"] for i in data["images"]] == ["a"]
+    for row in data["images"][0]["by_scale"]:
+        assert row["route"] == "1" * 16 and row["branches_on"] == 16
+        assert row["extractor_flops_px"] == data["extractor_flops_px_all"]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -14,7 +14,7 @@ from typing import Any
 from sr_tile.errors import ConfigError
 from sr_tile.io.atomic import write_bytes_atomic
 
-__all__ = ["plot_psnr_flops"]
+__all__ = ["plot_flops_by_scale", "plot_psnr_flops"]
 
 _INSTALL_HINT = "--plot needs matplotlib: pip install 'sr-tile[plot]' (or: pip install matplotlib)"
 
@@ -147,7 +147,10 @@ def plot_psnr_flops(report: dict[str, Any], path: str | Path) -> Path:
     if handles:
         ax.legend(handles=handles, fontsize=8, loc="best", framealpha=0.9)
     fig.tight_layout()
+    return _save(plt, fig, path)
 
+
+def _save(plt, fig, path: Path) -> Path:
     suffix = path.suffix.lower().lstrip(".") or "png"
     buf = io.BytesIO()
     try:
@@ -156,3 +159,33 @@ def plot_psnr_flops(report: dict[str, Any], path: str | Path) -> Path:
         plt.close(fig)
     write_bytes_atomic(path, buf.getvalue())
     return path
+
+
+def plot_flops_by_scale(report: dict[str, Any], path: str | Path) -> Path:
+    """TADT's Fig. 2: extractor FLOPs per LR pixel against the scale, one thin line per image
+    and the mean in bold, with the all-branches extractor as a flat line (what a static
+    transformer such as SwinIR spends at every scale). ``report``: the JSON dict of
+    ``benchmarks/tadt_scales.py``."""
+    plt = _pyplot()
+    path = Path(path)
+    scales = report["scales"]
+    fig, ax = plt.subplots(figsize=(7.0, 4.5), dpi=120)
+    for image in report["images"]:
+        ax.plot(scales, [r["extractor_flops_px"] / 1e3 for r in image["by_scale"]], "-",
+                color="0.75", linewidth=0.8)
+    mean = [m["extractor_flops_px"] / 1e3 for m in report["mean"]]
+    ax.plot(scales, mean, "-o", color="tab:blue", linewidth=2, label=f"{report['model']} (TARC)")
+    for s, m in zip(scales, report["mean"]):
+        ax.annotate(f"{m['branches_on']:g}/{report['branches']}", (s, m["extractor_flops_px"] / 1e3),
+                    textcoords="offset points", xytext=(0, 7), ha="center", fontsize=7)
+    full = report["extractor_flops_px_all"] / 1e3
+    ax.axhline(full, color="tab:red", linestyle="--", label="every branch on (static)")
+    ax.set_ylim(bottom=0, top=full * 1.12)
+    ax.set_xlabel("scale")
+    ax.set_ylabel("extractor kFLOPs per LR pixel (classsr)")
+    ax.set_title(f"{report['dataset']}: extractor FLOPs by scale "
+                 f"({len(report['images'])} images; labels: branches on, mean)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return _save(plt, fig, path)

@@ -17,6 +17,18 @@ from sr_tile.tiler import TileConfig, TileWindow, to_float
 ROUTE_VIEW_PIXELS = 1 << 20  # TARC reads the LR image area-downscaled to at most this
 
 
+def route_view(image: np.ndarray) -> torch.Tensor:
+    """What TARC reads of an LR image (H, W, C): its colour as (1, 3, h, w) floats,
+    area-downscaled to at most ``ROUTE_VIEW_PIXELS``."""
+    color = image[..., : 1 if image.shape[2] in (1, 2) else 3]
+    view = to_float(color).expand(3, -1, -1)[None]
+    h, w = view.shape[-2:]
+    if h * w > ROUTE_VIEW_PIXELS:
+        f = (ROUTE_VIEW_PIXELS / (h * w)) ** 0.5
+        view = F.interpolate(view, size=(max(1, int(h * f)), max(1, int(w * f))), mode="area")
+    return view
+
+
 class BranchRunner(TileRunner):
     """Runs TADT with the branches its controller picked for the image (``--static``: all)."""
 
@@ -39,13 +51,7 @@ class BranchRunner(TileRunner):
 
     def prepare(self, image: np.ndarray, tiling: TileConfig) -> None:
         """TARC on the whole LR image (area-downscaled past ``ROUTE_VIEW_PIXELS``)."""
-        color = image[..., : 1 if image.shape[2] in (1, 2) else 3]
-        view = to_float(color).expand(3, -1, -1)[None]
-        h, w = view.shape[-2:]
-        if h * w > ROUTE_VIEW_PIXELS:
-            f = (ROUTE_VIEW_PIXELS / (h * w)) ** 0.5
-            view = F.interpolate(view, size=(max(1, int(h * f)), max(1, int(w * f))),
-                                 mode="area")
+        view = route_view(image)
         with torch.inference_mode():
             self.route, self.p = self.model.route(view.to(self.device), float(self.scale))
         self.route, self.p = self.route.cpu(), self.p.cpu()
