@@ -6,7 +6,7 @@ follow, per image and scale, against the extractor with every branch on.
 
 For each HR image of the folder (default: ../shared/data/val) and each scale, the LR is made
 as ``sr-tile bench`` makes it (mod-crop, MATLAB bicubic); TARC reads it as ``sr-tile upscale``
-does (the whole LR image, area-downscaled past 1 Mpx). Only the controller runs, so this is
+does (the whole LR image, or crops spread over a large one). Only the controller runs, so this is
 quick; ``sr-tile bench -m tadt-light -s 2 -s 4`` gives the PSNR of the routed and all-branch
 networks. FLOPs: classsr convention (2 per multiply-add), extractor only (the upsampler's cost
 per output pixel does not depend on the route); the controller's own FLOPs are printed apart.
@@ -60,7 +60,7 @@ def main() -> None:
             rows.append({"scale": s, "branches_on": int(route.sum()),
                          "route": "".join("1" if v else "0" for v in route.tolist()),
                          "extractor_flops_px": per_px(route),
-                         "tarc_flops": model.tarc.flops(view.shape[-2] * view.shape[-1])})
+                         "tarc_flops": model.tarc.flops(view[:, 0].numel())})
         images.append({"name": sample.name, "by_scale": rows})
         print(f"{sample.name}: " + ", ".join(
             f"x{r['scale']:g} {r['branches_on']}/{model.config.branches}" for r in rows))
@@ -79,7 +79,7 @@ def main() -> None:
               f"{row['extractor_flops_px'] / 1e3:>10.1f} "
               f"{100 * row['extractor_flops_px'] / full:>6.1f}%")
     print(f"TARC: {images[0]['by_scale'][0]['tarc_flops'] / 1e9:.2f} GFLOPs per image "
-          "(once, on the whole LR view)")
+          "(once, on the LR image or crops of it)")
     report = {"model": args.model, "weights": "untrained" if args.untrained else (args.weights or "shipped"),
               "dataset": args.folder.name, "scales": scales,
               "branches": model.config.branches, "extractor_flops_px_all": full,

@@ -270,3 +270,29 @@ def test_fig2_report_routes_each_image_at_each_scale_and_plots(tmp_path, astrona
         assert row["route"] == "1" * 16 and row["branches_on"] == 16
         assert row["extractor_flops_px"] == data["extractor_flops_px_all"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_large_image_is_routed_from_crops_of_the_training_size():
+    """Past ROUTE_VIEW_PIXELS TARC reads evenly spread native-resolution crops (corners
+    included), and its e for the image is the mean of its e for each crop."""
+    from sr_tile.models.tadt.runner import ROUTE_CROP, ROUTE_VIEW_PIXELS, route_view
+
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    assert route_view(small).shape == (1, 3, 300, 400)
+    large = rng.integers(0, 256, (700, 1000, 3), dtype=np.uint8)
+    crops = route_view(large)
+    n = crops.shape[0]
+    assert crops.shape[1:] == (3, ROUTE_CROP, ROUTE_CROP) and 1 < n <= ROUTE_VIEW_PIXELS // 32**2
+    assert torch.equal(crops[0], torch.from_numpy(large[:32, :32]).permute(2, 0, 1) / 255.0)
+    assert torch.equal(crops[-1], torch.from_numpy(large[-32:, -32:]).permute(2, 0, 1) / 255.0)
+
+    tarc = _model().tarc
+    with torch.no_grad():
+        tarc.to_e.weight.normal_()
+        scale = torch.tensor([3.0])
+        p_image, beta = tarc(crops, scale, one_image=True)
+        e_each = tarc.to_e(tarc.image(crops).mean(dim=(2, 3)))
+        sig = torch.sigmoid(e_each.mean(dim=0, keepdim=True))
+        expected = torch.clamp(beta[:, None] * 16 * sig / sig.sum(), max=1.0)
+    assert p_image.shape == (1, 16) and torch.allclose(p_image, expected, atol=1e-6)

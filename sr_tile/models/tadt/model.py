@@ -162,8 +162,11 @@ class TARC(nn.Module):
         nn.init.zeros_(self.scale_branch[-1].weight)
         nn.init.constant_(self.scale_branch[-1].bias, math.log(math.e - 1.0))  # beta = 1: all on
 
-    def forward(self, lr: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        e = self.to_e(self.image(lr).mean(dim=(2, 3)))
+    def forward(self, lr: torch.Tensor, scale: torch.Tensor, *,
+                one_image: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``one_image``: ``lr`` holds crops of one image, pooled together into one p."""
+        pooled = self.image(lr).mean(dim=(2, 3))
+        e = self.to_e(pooled.mean(dim=0, keepdim=True) if one_image else pooled)
         beta = F.softplus(self.scale_branch(scale.to(lr.dtype).view(-1, 1)))[:, 0]
         sig = torch.sigmoid(e)
         p = torch.clamp(beta[:, None] * e.shape[1] * sig / sig.sum(dim=1, keepdim=True), max=1.0)
@@ -239,8 +242,9 @@ class TADT(nn.Module):
         return self.upsampler(self.extract(x, route), x, ys, xs, float(self.scale))
 
     def route(self, lr: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inference routing of one image: (4N,) bools [p > 0.5] and p."""
-        p, _ = self.tarc(lr, torch.tensor([scale], device=lr.device))
+        """Inference routing of one image, given whole (1, 3, h, w) or as crops (n, 3, c, c):
+        (4N,) bools [p > 0.5] and p."""
+        p, _ = self.tarc(lr, torch.tensor([scale], device=lr.device), one_image=True)
         return p[0] > 0.5, p[0]
 
     # ------------------------------------------------------------------ FLOPs (classsr)

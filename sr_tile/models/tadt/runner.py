@@ -14,19 +14,29 @@ from sr_tile.routing import RoutingOptions
 from sr_tile.runner import TileRunner, grid_coords
 from sr_tile.tiler import TileConfig, TileWindow, to_float
 
-ROUTE_VIEW_PIXELS = 1 << 20  # TARC reads the LR image area-downscaled to at most this
+ROUTE_CROP = 32  # TARC reads a large image as crops of its training size (lr_patch) ...
+ROUTE_VIEW_PIXELS = 1 << 18  # ... spread evenly over it, at most this many pixels in all
 
 
 def route_view(image: np.ndarray) -> torch.Tensor:
-    """What TARC reads of an LR image (H, W, C): its colour as (1, 3, h, w) floats,
-    area-downscaled to at most ``ROUTE_VIEW_PIXELS``."""
+    """What TARC reads of an LR image (H, W, C): its colour as (n, 3, h, w) floats, at its own
+    resolution. Up to ``ROUTE_VIEW_PIXELS`` the whole image (n = 1); past that, a grid of
+    ``ROUTE_CROP`` px crops spread evenly over it. TARC pools its image features over all of
+    them, and since its image branch ends in an average pool and a linear layer, that is the
+    mean of what it would say of each crop, as it was trained. (A downscaled view would show
+    it denser texture than any training crop had.)"""
     color = image[..., : 1 if image.shape[2] in (1, 2) else 3]
     view = to_float(color).expand(3, -1, -1)[None]
     h, w = view.shape[-2:]
-    if h * w > ROUTE_VIEW_PIXELS:
-        f = (ROUTE_VIEW_PIXELS / (h * w)) ** 0.5
-        view = F.interpolate(view, size=(max(1, int(h * f)), max(1, int(w * f))), mode="area")
-    return view
+    if h * w <= ROUTE_VIEW_PIXELS or min(h, w) < ROUTE_CROP:
+        return view
+    c = ROUTE_CROP
+    count = ROUTE_VIEW_PIXELS // (c * c)
+    rows = max(1, min(h // c, round((count * h / w) ** 0.5)))
+    cols = max(1, min(w // c, count // rows))
+    ys = np.linspace(0, h - c, rows).round().astype(int)
+    xs = np.linspace(0, w - c, cols).round().astype(int)
+    return torch.cat([view[..., y:y + c, x:x + c] for y in ys for x in xs])
 
 
 class BranchRunner(TileRunner):
@@ -50,12 +60,12 @@ class BranchRunner(TileRunner):
         self.pixels = 0
 
     def prepare(self, image: np.ndarray, tiling: TileConfig) -> None:
-        """TARC on the whole LR image (area-downscaled past ``ROUTE_VIEW_PIXELS``)."""
+        """TARC on the whole LR image (or crops spread over it: :func:`route_view`)."""
         view = route_view(image)
         with torch.inference_mode():
             self.route, self.p = self.model.route(view.to(self.device), float(self.scale))
         self.route, self.p = self.route.cpu(), self.p.cpu()
-        self.flops += self.model.tarc.flops(view.shape[-2] * view.shape[-1])
+        self.flops += self.model.tarc.flops(view[:, 0].numel())
 
     def tile_flops(self, height: int, width: int) -> int:
         return self.model.extractor_flops(1, height, width, None)
