@@ -428,24 +428,44 @@ def test_prepare_div8k_without_the_needed_images(tmp_path, astronaut):
 
 
 def test_bench_at_a_non_integer_scale(tmp_path, hr_folder):
-    """x2.5: each HR is cropped to a size its LR gives back exactly (round-half-up(2.5 * LR)),
-    the LR is a MATLAB resize to round-half-up(HR / 2.5), and bicubic's PSNR equals a
-    resize by hand of that LR back to the HR."""
-    from sr_tile.bench.datasets import lr_length, make_lr, mod_crop
+    """x2.5: each HR is cropped to multiples of 5 px (x3.7: 37 px), so that LR = HR / scale
+    exactly, and the report says so; bicubic's PSNR equals a resize by hand of that LR back to
+    the HR."""
+    from sr_tile.bench.datasets import crop_note, lr_length, make_lr, mod_crop
     from sr_tile.tiler import output_length
 
-    for n in range(20, 90):
-        m = mod_crop(np.zeros((n, n + 3, 3), np.uint8), 2.5)
-        assert all(output_length(lr_length(k, 2.5), 2.5) == k for k in m.shape[:2])
-        assert n - m.shape[0] <= 3 and mod_crop(np.zeros((n, n)), 4).shape[0] == n - n % 4
+    for scale, step in ((2.5, 5), (3.7, 37)):
+        for n in range(40, 120):
+            m = mod_crop(np.zeros((n, n + 3, 3), np.uint8), scale)
+            assert m.shape[:2] == (n - n % step, (n + 3) - (n + 3) % step)
+            assert all(output_length(lr_length(k, scale), scale) == k for k in m.shape[:2])
+        assert f"multiples of {step} px" in crop_note(scale)
+    assert mod_crop(np.zeros((43, 43)), 4).shape[0] == 40
     result = run("bench", hr_folder, "-m", "bicubic", "--scale", "2.5", "--repeat", "1",
                  "--json", tmp_path / "r.json", "--cache-dir", tmp_path / "c")
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["scale"] == 2.5
+    assert report["scale"] == 2.5 and "multiples of 5 px" in report["hr_crop"]
+    assert "multiples of 5 px" in " ".join(result.output.split())
     (row,) = report["models"]
     hr = mod_crop(to_rgb8(np.asarray(Image.open(hr_folder / "a.png").convert("RGB"))), 2.5)
     sr = imresize_np(make_lr(hr, 2.5), out_size=hr.shape[:2], antialias=False)
     assert row["images"][0]["psnr_y"] == pytest.approx(psnr_y(sr, hr, 3), abs=0.02)
     result = run("bench", hr_folder, "-m", "enaf-fsrcnn", "--scale", "2.5")
     assert result.exit_code == 2 and "supports x2, x3, x4" in result.output
+
+
+def test_one_table_per_scale_and_bad_scales_before_any_work(tmp_path, hr_folder):
+    result = run("bench", hr_folder, "-m", "bicubic", "-s", "2", "-s", "2.5", "--repeat", "1",
+                 "--json", tmp_path / "r.json", "--cache-dir", tmp_path / "c")
+    assert result.exit_code == 0, result.output
+    assert "bench set x2:" in result.output and "bench set x2.5:" in result.output
+    assert [json.loads((tmp_path / f"r-x{s}.json").read_text())["scale"] for s in ("2", "2.5")] \
+        == [2, 2.5]
+    assert not (tmp_path / "r.json").exists()
+    for bad in ("0", "nan", "0.5", "1e6"):
+        result = run("bench", hr_folder, "-m", "bicubic", "-s", "2", "-s", bad,
+                     "--json", tmp_path / "bad.json")
+        assert result.exit_code in (1, 2) and "Traceback" not in result.output
+        assert "--scale" in result.output and "bench set" not in result.output
+        assert not list(tmp_path.glob("bad*.json"))

@@ -27,6 +27,7 @@ import io
 import os
 import re
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,7 @@ __all__ = [
     "LRCache",
     "Pair",
     "Sample",
+    "crop_note",
     "default_cache_dir",
     "image_files",
     "load_pair",
@@ -60,7 +62,7 @@ __all__ = [
 DATA_ENV = "SR_TILE_DATA"
 CACHE_ENV = "SR_TILE_CACHE"
 #: Bump when the way LR images are made changes: old cache entries are then ignored.
-LR_RECIPE = "modcrop+matlab-bicubic-aa+uint8-v1"
+LR_RECIPE = "modcrop+matlab-bicubic-aa+uint8-v2"  # v2: clean crops at x2.5, x3.7
 
 #: Names the papers use, with the folder names they are commonly stored under.
 KNOWN_DATASETS: dict[str, tuple[str, ...]] = {
@@ -272,12 +274,25 @@ def lr_length(length: int, scale: float) -> int:
     return int(math.floor(round(length / scale, 9) + 0.5))
 
 
+def clean_multiple(scale: float) -> int | None:
+    """At a non-integer ``scale`` p/q (decimal, lowest terms; 2.5 = 5/2, 3.7 = 37/10): p, the
+    step of the HR lengths that divide cleanly (HR = scale * LR exactly); None for an integer
+    scale (its own step) or a fraction too fine to crop to (p > 256)."""
+    if float(scale).is_integer():
+        return None
+    p = Fraction(repr(float(scale))).numerator
+    return p if p <= 256 else None
+
+
 def _exact_length(length: int, scale: float) -> int:
-    """The largest HR length <= ``length`` that the tiler's output of its LR gives back
-    exactly: round-half-up(scale * lr_length(n)) == n (a multiple of ``scale`` at integer
-    scales)."""
+    """The largest HR length <= ``length`` that is ``scale`` x an integer LR length: a multiple
+    of an integer ``scale`` or of a fraction's numerator (:func:`clean_multiple`). For a finer
+    fraction, the largest length that round-half-up(scale * lr_length(n)) gives back."""
     if float(scale).is_integer():
         return length - length % int(scale)
+    step = clean_multiple(scale)
+    if step is not None:
+        return length - length % step
     n = length
     while n > 0 and output_length(lr_length(n, scale), scale) != n:
         n -= 1
@@ -285,11 +300,22 @@ def _exact_length(length: int, scale: float) -> int:
 
 
 def mod_crop(img: np.ndarray, scale: float) -> np.ndarray:
-    """Crop the bottom/right so that HR = the SR of its LR exactly: both sides multiples of an
-    integer ``scale`` (ClassSR/BasicSR modcrop); at other scales, the largest sizes that
-    round-half-up(scale * LR) gives back."""
+    """Crop the bottom/right so that HR = scale x LR exactly (ClassSR/BasicSR modcrop at an
+    integer ``scale``; multiples of 5 px at x2.5, of 37 px at x3.7)."""
     h, w = img.shape[:2]
     return img[: _exact_length(h, scale), : _exact_length(w, scale)]
+
+
+def crop_note(scale: float) -> str:
+    """How the HR of a bench at ``scale`` is cropped (said in the report)."""
+    if float(scale).is_integer():
+        return f"HR mod-cropped to multiples of {int(scale)} px"
+    step = clean_multiple(scale)
+    if step is not None:
+        return (f"HR cropped at the bottom/right to multiples of {step} px, so that LR = "
+                f"HR / {scale:g} exactly (LR multiples of {round(step / scale)} px)")
+    return (f"HR cropped at the bottom/right to the largest sizes that round-half-up({scale:g} "
+            "x LR) gives back")
 
 
 def make_lr(hr: np.ndarray, scale: float) -> np.ndarray:

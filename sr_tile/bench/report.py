@@ -26,7 +26,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from sr_tile import __version__
-from sr_tile.bench.datasets import LR_RECIPE
+from sr_tile.bench.datasets import LR_RECIPE, crop_note
 from sr_tile.bench.run import BenchResult, ImageResult, RowResult
 from sr_tile.flops import format_flops
 from sr_tile.io.atomic import write_bytes_atomic
@@ -139,8 +139,9 @@ def to_dict(result: BenchResult) -> dict[str, Any]:
         "flops_convention_note": FLOPS_CONVENTION_NOTE,
         "latency": (f"median of {opts.repeat} timed runs per image after one warm-up per model "
                     "(sweep rows: 1 run); model compute only; I/O (decode + LR making) is io_s"),
-        "metrics": f"PSNR-Y / SSIM-Y (BT.601 Y, BasicSR-compatible), border {opts.scale} px, "
-                   "SR (uint8) vs mod-cropped 8-bit RGB HR",
+        "metrics": f"PSNR-Y / SSIM-Y (BT.601 Y, BasicSR-compatible), border "
+                   f"{math.ceil(opts.scale)} px, SR (uint8) vs 8-bit RGB HR",
+        "hr_crop": crop_note(opts.scale),
         "dataset_path": str(ds.root),
         "layout": ds.layout,
         "n_images": max((len(r.images) for r in result.rows), default=0),
@@ -243,7 +244,8 @@ def summary_table(result: BenchResult) -> Table:
             f"{' (sweep rows: 1)' if sweep else ''}, model compute only"
             f"{f', {result.threads} torch thread(s)' if result.threads else ''}; "
             f"I/O apart: {_f(io_s, '.2f', ' s')} per image (decode + LR). "
-            "Δ base: PSNR-Y against the row's own baseline (static backbone, or bicubic)."
+            "Δ base: PSNR-Y against the row's own baseline (static backbone, or bicubic). "
+            f"{crop_note(opts.scale)}; LR by MATLAB-style bicubic."
             + (" routing: the family's own summary (ENAF: % of patches on bicubic/exit 1/"
                "exit 2/full)." if routed else "")
         ),

@@ -64,9 +64,11 @@ def bench(
         "--model", "-m",
         help="Model to bench (repeatable). bicubic is always included; a routed model adds its "
              "static-backbone row. Default: bicubic + every model with weights.")] = None,
-    scale: Annotated[float, typer.Option(
-        "--scale", "-s", help="Upscaling factor (a float for models of a continuous range).")
-    ] = 4,
+    scale: Annotated[Optional[list[float]], typer.Option(
+        "--scale", "-s",
+        help="Upscaling factor (a float for models of a continuous range); repeatable: one "
+             "table per scale, and --json/--csv/--plot files get a -x<scale> suffix. "
+             "[default: 4]")] = None,
     preset: Annotated[Optional[str], typer.Option(
         help="Routed rows: L (quality), M or S (speed); default M.")] = None,
     eta: Annotated[Optional[float], typer.Option(help="Routed rows: cost weight of Eq. 9.")] = None,
@@ -114,11 +116,9 @@ def bench(
         "--plot", help="Draw PSNR-Y vs FLOPs to this PNG (needs matplotlib).")] = None,
 ) -> None:
     """Benchmark models on a dataset: PSNR-Y, SSIM-Y, FLOPs and latency per image and in the mean."""
-    from sr_tile.bench.datasets import LRCache, default_cache_dir, resolve_dataset
-    from sr_tile.bench.report import image_table, summary_table, to_dict, write_csv
-    from sr_tile.bench.run import BenchOptions, plan_rows, run_bench, variants_for
+    from sr_tile.bench.datasets import LRCache, default_cache_dir
+    from sr_tile.bench.run import variants_for
 
-    scale = int(scale) if float(scale).is_integer() else scale  # x4 stays "x4" in names
     weight_files = parse_weights(weights or [])
     sweep_etas = parse_sweep(sweep)
     if plot_path is not None:
@@ -127,30 +127,66 @@ def bench(
         check_available()
         if not sweep_etas:
             sweep_etas = DEFAULT_SWEEP
-    data = resolve_dataset(dataset, scale=scale, data_root=data_root)
+    scales = [int(s) if float(s).is_integer() else s for s in (scale or [4])]  # x4 stays "x4"
+    for one in scales:  # every scale checked before the first one runs
+        for name in ["bicubic", *(model or [])]:
+            get_entry(name).resolve_scale(one)
     if model:
         stray = [n for n in weight_files if n not in model]
         if stray:
             raise UsageError(f"--weights names {', '.join(stray)}, which is not benchmarked "
                               f"(add --model {stray[0]})")
-        models = list(model)
+    lr_cache = LRCache((cache_dir or default_cache_dir()) if cache else None)
+    failed = 0
+    for one in scales:
+        failed += _bench_scale(
+            dataset, one, data_root=data_root, models=model, weight_files=weight_files,
+            sweep_etas=sweep_etas, routing=RoutingOptions(eta=eta, gamma=gamma, preset=preset,
+                                                          budget=budget),
+            routing_given=any(x is not None for x in (preset, eta, budget, sweep)),
+            options=dict(tile=tile, overlap=overlap, batch_size=batch_size, device=device,
+                         repeat=repeat, warmup=warmup, limit=limit, threads=threads,
+                         exit_rows=exit_rows,
+                         variants=variants_for(_words(backend), _words(precision), tta)),
+            lr_cache=lr_cache, per_image=per_image,
+            outputs=[_for_scale(p, one, len(scales) > 1)
+                     for p in (json_path, csv_path, plot_path)])
+    if failed:
+        error_line(f"{failed} image(s) failed; their rows are left out of the means")
+        raise typer.Exit(1)
+
+
+def _for_scale(path: Optional[Path], scale: float, several: bool) -> Optional[Path]:
+    """``r.json`` -> ``r-x2.5.json`` when several scales are benched."""
+    if path is None or not several:
+        return path
+    return path.with_name(f"{path.stem}-x{scale:g}{path.suffix}")
+
+
+def _bench_scale(dataset: str, scale: float, *, data_root: Optional[Path],
+                 models: Optional[list[str]], weight_files: dict[str, str],
+                 sweep_etas: list[float], routing: RoutingOptions, routing_given: bool,
+                 options: dict, lr_cache, per_image: bool,
+                 outputs: list[Optional[Path]]) -> int:
+    """One scale's bench: its tables and files; returns the number of failed images."""
+    from sr_tile.bench.datasets import resolve_dataset
+    from sr_tile.bench.report import image_table, summary_table, to_dict, write_csv
+    from sr_tile.bench.run import BenchOptions, plan_rows, run_bench
+
+    json_path, csv_path, plot_path = outputs
+    data = resolve_dataset(dataset, scale=scale, data_root=data_root)
+    if models:
+        models = list(models)
     else:
         models = _default_models(scale, weight_files)
         if len(models) == 1:
             warning_line("no model has weights installed: benchmarking bicubic only "
                          "(use --model NAME --weights NAME=FILE)")
-    options = BenchOptions(
-        scale=scale, tile=tile, overlap=overlap, batch_size=batch_size, device=device,
-        repeat=repeat, warmup=warmup,
-        routing=RoutingOptions(eta=eta, gamma=gamma, preset=preset, budget=budget),
-        sweep=sweep_etas, weights=weight_files, limit=limit, threads=threads, exit_rows=exit_rows,
-        variants=variants_for(_words(backend), _words(precision), tta),
-    )
+    options = BenchOptions(scale=scale, routing=routing, sweep=sweep_etas, weights=weight_files,
+                           **options)
     specs = plan_rows(models, options)
-    routing_given = any(x is not None for x in (preset, eta, budget, sweep))
     if routing_given and not any(spec.dynamic for spec in specs):
         warning_line("--preset/--eta/--budget/--sweep apply to routed models; none is benchmarked")
-    lr_cache = LRCache((cache_dir or default_cache_dir()) if cache else None)
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=err, transient=True)
@@ -184,6 +220,4 @@ def bench(
     written = [str(p) for p in (json_path, csv_path, plot_path) if p is not None]
     if written:
         err.print(f"wrote {', '.join(written)}")
-    if result.n_failed:
-        error_line(f"{result.n_failed} image(s) failed; their rows are left out of the means")
-        raise typer.Exit(1)
+    return result.n_failed
