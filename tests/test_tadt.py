@@ -296,3 +296,21 @@ def test_a_large_image_is_routed_from_crops_of_the_training_size():
         sig = torch.sigmoid(e_each.mean(dim=0, keepdim=True))
         expected = torch.clamp(beta[:, None] * 16 * sig / sig.sum(), max=1.0)
     assert p_image.shape == (1, 16) and torch.allclose(p_image, expected, atol=1e-6)
+
+
+def test_liif_dead_units_sees_a_collapsed_mlp():
+    """The training diagnostic: 0 with every last hidden ReLU firing somewhere, 1 when the
+    MLP has collapsed (all of them off), the state in which a run's output is bicubic plus a
+    constant."""
+    torch.manual_seed(0)
+    liif = implicit.LIIF(in_channels=8)
+    feat = torch.randn(1, 8, 12, 12)
+    last_hidden = liif.imnet[-3]
+    with torch.no_grad():
+        last_hidden.weight.zero_()
+        last_hidden.bias.fill_(0.5)
+        assert liif.dead_units(feat, 4.0) == 0.0
+        last_hidden.bias.fill_(-0.5)
+        assert liif.dead_units(feat, 4.0) == 1.0
+        last_hidden.bias[:64] = 0.5
+        assert liif.dead_units(feat, 4.0) == pytest.approx(0.75)

@@ -110,6 +110,17 @@ class LIIF(nn.Module):
             out[:, :, part] = _ensemble(preds, rels)
         return out + bicubic_grid(lr, ys, xs)
 
+    @torch.no_grad()
+    def dead_units(self, feat: torch.Tensor, scale: float) -> float:
+        """A training diagnostic: the share of the MLP's last hidden ReLUs that are zero for
+        every LR cell of ``feat`` (queried at the cell centres). Near 1, the MLP has collapsed
+        to its bias: the output is bicubic plus a constant."""
+        b, c, h, w = feat.shape
+        cells = F.unfold(feat, 3, padding=1).transpose(1, 2)
+        place = feat.new_tensor([0.0, 0.0, 2.0 / scale, 2.0 / scale]).expand(*cells.shape[:2], 4)
+        hidden = self.imnet[:-1](torch.cat([cells, place], dim=-1))
+        return float((hidden.amax(dim=(0, 1)) <= 0).float().mean())
+
     def flops(self, cells: int, queries: int) -> int:
         """classsr FLOPs: the first layer's feature part per LR cell, the rest per query and
         neighbour."""

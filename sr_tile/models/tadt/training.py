@@ -76,6 +76,7 @@ def evaluate(model: TADT, val: ValSet, device: torch.device) -> dict[str, Any]:
     model.eval()
     scores: dict[str, list[float]] = {"all": [], "routed": []}
     on = {s: [] for s in (2, 3, 4)}
+    feature_std, dead = [], []
     for start in range(0, len(val), _VAL_BATCH):
         lr = val.lr[start:start + _VAL_BATCH].to(device).float().div_(255.0)
         hr = val.hr[start:start + _VAL_BATCH].permute(0, 2, 3, 1).numpy()
@@ -84,8 +85,12 @@ def evaluate(model: TADT, val: ValSet, device: torch.device) -> dict[str, Any]:
             x = lr[k:k + 1]
             route, _ = model.route(x, float(val.scale))
             for name, r in (("all", None), ("routed", route)):
-                out = model.upsampler(model.extract(x, r), x, ys[k:k + 1], xs[k:k + 1],
-                                      float(val.scale))
+                feat = model.extract(x, r)
+                out = model.upsampler(feat, x, ys[k:k + 1], xs[k:k + 1], float(val.scale))
+                if r is None:
+                    feature_std.append(float(feat.std()))
+                    if hasattr(model.upsampler, "dead_units"):
+                        dead.append(model.upsampler.dead_units(feat, float(val.scale)))
                 sr = (out.clamp(0, 1) * 255).round().to(torch.uint8)[0].permute(1, 2, 0).cpu()
                 scores[name].append(psnr_y(sr.numpy(), hr[k], crop_border=val.scale))
             for s in on:
@@ -93,7 +98,10 @@ def evaluate(model: TADT, val: ValSet, device: torch.device) -> dict[str, Any]:
     model.train(was_training)
     return {"psnr_y": {k: round(float(np.mean(v)), 4) for k, v in scores.items()},
             "branches_on": {f"x{s}": round(float(np.mean(v)), 2) for s, v in on.items()},
-            "branches": model.config.branches}
+            "branches": model.config.branches,
+            # collapse watch: the upsampler's input scale and its dead ReLUs (LIIF)
+            "feature_std": round(float(np.mean(feature_std)), 4),
+            "dead_units": round(float(np.mean(dead)), 3) if dead else None}
 
 
 class TADTTask(TrainTask):
@@ -143,6 +151,9 @@ class TADTTask(TrainTask):
 
     def format_val(self, result: dict[str, Any]) -> str:
         psnr, on = result["psnr_y"], result["branches_on"]
+        dead = result.get("dead_units")
         return (f"PSNR-Y all branches {psnr['all']:.2f}, routed {psnr['routed']:.2f}; "
                 f"branches on of {result['branches']}: "
-                + ", ".join(f"{k} {v:g}" for k, v in on.items()))
+                + ", ".join(f"{k} {v:g}" for k, v in on.items())
+                + f"; feature std {result['feature_std']:.3f}"
+                + (f", dead LIIF units {100 * dead:.0f} %" if dead is not None else ""))
