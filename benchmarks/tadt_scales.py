@@ -44,7 +44,8 @@ def main() -> None:
         check_available()
 
     scales = [float(s) for s in args.scales.split(",")]
-    model = create_model(args.model, scale=scales[0], weights=False if args.untrained else (args.weights or True))
+    weights = False if args.untrained else (args.weights or True)
+    model = create_model(args.model, scale=scales[0], weights=weights)
     m = model.config.size_multiple
     per_px = lambda route: model.extractor_flops(1, m, m, route) / (m * m)  # noqa: E731
     full = per_px(None)
@@ -80,7 +81,8 @@ def main() -> None:
               f"{100 * row['extractor_flops_px'] / full:>6.1f}%")
     print(f"TARC: {images[0]['by_scale'][0]['tarc_flops'] / 1e9:.2f} GFLOPs per image "
           "(once, on the LR image or crops of it)")
-    report = {"model": args.model, "weights": "untrained" if args.untrained else (args.weights or "shipped"),
+    report = {"model": args.model,
+              "weights": "untrained" if args.untrained else (args.weights or "shipped"),
               "dataset": args.folder.name, "scales": scales,
               "branches": model.config.branches, "extractor_flops_px_all": full,
               "mean": mean, "images": images}

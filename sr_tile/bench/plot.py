@@ -175,8 +175,8 @@ def plot_flops_by_scale(report: dict[str, Any], path: str | Path) -> Path:
                 color="0.75", linewidth=0.8)
     mean = [m["extractor_flops_px"] / 1e3 for m in report["mean"]]
     ax.plot(scales, mean, "-o", color="tab:blue", linewidth=2, label=f"{report['model']} (TARC)")
-    for s, m in zip(scales, report["mean"]):
-        ax.annotate(f"{m['branches_on']:g}/{report['branches']}", (s, m["extractor_flops_px"] / 1e3),
+    for s, m, y in zip(scales, report["mean"], mean):
+        ax.annotate(f"{m['branches_on']:g}/{report['branches']}", (s, y),
                     textcoords="offset points", xytext=(0, 7), ha="center", fontsize=7)
     full = report["extractor_flops_px_all"] / 1e3
     ax.axhline(full, color="tab:red", linestyle="--", label="every branch on (static)")

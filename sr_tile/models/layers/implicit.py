@@ -115,7 +115,6 @@ class LIIF(nn.Module):
         """A training diagnostic: the share of the MLP's last hidden ReLUs that are zero for
         every LR cell of ``feat`` (queried at the cell centres). Near 1, the MLP has collapsed
         to its bias: the output is bicubic plus a constant."""
-        b, c, h, w = feat.shape
         cells = F.unfold(feat, 3, padding=1).transpose(1, 2)
         place = feat.new_tensor([0.0, 0.0, 2.0 / scale, 2.0 / scale]).expand(*cells.shape[:2], 4)
         hidden = self.imnet[:-1](torch.cat([cells, place], dim=-1))

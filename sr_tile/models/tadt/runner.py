@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from sr_tile.models.tadt.model import TADT
 from sr_tile.routing import RoutingOptions
