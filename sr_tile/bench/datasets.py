@@ -275,21 +275,17 @@ def lr_length(length: int, scale: float) -> int:
 
 
 def clean_multiple(scale: float) -> int | None:
-    """At a non-integer ``scale`` p/q (decimal, lowest terms; 2.5 = 5/2, 3.7 = 37/10): p, the
-    step of the HR lengths that divide cleanly (HR = scale * LR exactly); None for an integer
-    scale (its own step) or a fraction too fine to crop to (p > 256)."""
-    if float(scale).is_integer():
-        return None
+    """The step of the HR lengths that divide cleanly (HR = scale * LR exactly): an integer
+    ``scale`` itself, else the numerator p of p/q (decimal, lowest terms; 2.5 = 5/2,
+    3.7 = 37/10); None for a fraction too fine to crop to (p > 256)."""
     p = Fraction(repr(float(scale))).numerator
-    return p if p <= 256 else None
+    return p if p <= 256 or float(scale).is_integer() else None
 
 
 def _exact_length(length: int, scale: float) -> int:
     """The largest HR length <= ``length`` that is ``scale`` x an integer LR length: a multiple
     of an integer ``scale`` or of a fraction's numerator (:func:`clean_multiple`). For a finer
     fraction, the largest length that round-half-up(scale * lr_length(n)) gives back."""
-    if float(scale).is_integer():
-        return length - length % int(scale)
     step = clean_multiple(scale)
     if step is not None:
         return length - length % step
