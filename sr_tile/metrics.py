@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-__all__ = ["psnr", "psnr_y", "rgb_to_y", "ssim", "ssim_y", "to_float255"]
+__all__ = ["psnr", "psnr_y", "rgb_to_y", "squared_error_y", "ssim", "ssim_y", "to_float255"]
 
 # BT.601 studio-range luma for RGB in [0, 255] (MATLAB rgb2ycbcr).
 _Y_COEFFS = np.array([65.481, 128.553, 24.966], dtype=np.float64) / 255.0
@@ -149,6 +149,12 @@ def ssim(sr: np.ndarray, hr: np.ndarray, crop_border: int, *, y_channel: bool = 
             f"SSIM needs at least {win}x{win} px after cropping, got {a.shape[0]}x{a.shape[1]}"
         )
     return float(np.mean([_ssim_channel(a[..., c], b[..., c]) for c in range(a.shape[2])]))
+
+
+def squared_error_y(sr: np.ndarray, hr: np.ndarray, crop_border: int) -> np.ndarray:
+    """(H - 2b, W - 2b) float64: the squared luma error of every pixel ``psnr_y`` averages."""
+    a, b = _prepare(sr, hr, crop_border, True)
+    return ((a - b) ** 2)[..., 0]
 
 
 def psnr_y(sr: np.ndarray, hr: np.ndarray, crop_border: int) -> float:

@@ -64,7 +64,9 @@ def test_every_shipped_model_exports_with_dynamic_axes_and_metadata(exports):
             dims = proto.graph.input[0].type.tensor_type.shape.dim
             assert all(dims[axis].dim_param for axis in (0, 2, 3)), path
         presets = json.loads(meta["sr_tile.presets"])
-        assert presets == create_model(name, scale=scale).presets and "M" in presets
+        model = create_model(name, scale=scale)
+        assert presets == model.presets and "M" in presets
+        assert json.loads(meta["sr_tile.router"]) == getattr(model, "router", None)
 
 
 @pytest.mark.parametrize("tile", [32, 48])

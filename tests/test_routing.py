@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -12,7 +13,7 @@ from PIL import Image
 from sr_tile.errors import ConfigError
 from sr_tile.models import create_model
 from sr_tile.models.checkpoint import save_weights
-from sr_tile.models.enaf.routing import eta_for_budget, fuse, mean_cost
+from sr_tile.models.enaf.routing import eta_for_budget, fuse, mean_cost, psnr_losses
 from sr_tile.routing import RoutingOptions
 from sr_tile.upscale import UpscaleOptions, Upscaler
 
@@ -24,20 +25,21 @@ def test_fusion_on_made_up_estimates():
                       [40.0, 40.1, 40.1, 40.2],   # smooth: gains too small to pay for
                       [35.0, 35.5, 35.6, 35.6]])  # only exit 1 is worth it at eta 1
     blank = torch.tensor([False, False, False])
-    assert fuse(u, blank, COSTS, eta=0.0, gamma=1.0).tolist() == [3, 3, 2]
-    assert fuse(u, blank, COSTS, eta=1.0, gamma=1.0).tolist() == [3, 0, 1]
-    assert fuse(u, blank, COSTS, eta=100.0, gamma=1.0).tolist() == [0, 0, 0]
+    assert fuse(psnr_losses(u, blank, 1.0), COSTS, eta=0.0).tolist() == [3, 3, 2]
+    assert fuse(psnr_losses(u, blank, 1.0), COSTS, eta=1.0).tolist() == [3, 0, 1]
+    assert fuse(psnr_losses(u, blank, 1.0), COSTS, eta=100.0).tolist() == [0, 0, 0]
     # the blank vector sends a blank patch to bicubic unless the gain beats gamma
     blank = torch.tensor([True, True, True])
-    assert fuse(u, blank, COSTS, eta=0.0, gamma=1.0).tolist() == [3, 0, 0]
-    assert fuse(u, blank, COSTS, eta=0.0, gamma=0.0).tolist() == [3, 3, 2]
+    assert fuse(psnr_losses(u, blank, 1.0), COSTS, eta=0.0).tolist() == [3, 0, 0]
+    assert fuse(psnr_losses(u, blank, 0.0), COSTS, eta=0.0).tolist() == [3, 3, 2]
 
 
 def test_mean_cost_falls_as_eta_rises():
     g = torch.Generator().manual_seed(0)
     u = 30 + torch.rand(500, 4, generator=g).cumsum(1)
     blank = torch.rand(500, generator=g) < 0.2
-    costs = [mean_cost(u, blank, COSTS, eta=e, gamma=1.0) for e in np.linspace(0, 8, 40)]
+    losses = psnr_losses(u, blank, 1.0)
+    costs = [mean_cost(losses, COSTS, eta=e) for e in np.linspace(0, 8, 40)]
     assert all(a >= b for a, b in zip(costs, costs[1:]))
     assert costs[0] > 0.9 and costs[-1] == 0.0
 
@@ -48,9 +50,10 @@ def test_budget_finds_smallest_eta_that_fits(budget):
     u = 30 + torch.rand(400, 4, generator=g).cumsum(1)
     blank = torch.zeros(400, dtype=torch.bool)
     overhead = 0.016
-    eta = eta_for_budget(u, blank, COSTS, gamma=1.0, budget=budget, overhead=overhead)
-    assert mean_cost(u, blank, COSTS, eta=eta, gamma=1.0) + overhead <= budget
-    assert mean_cost(u, blank, COSTS, eta=eta * 0.98, gamma=1.0) + overhead > budget
+    losses = psnr_losses(u, blank, 1.0)
+    eta = eta_for_budget(losses, COSTS, budget=budget, overhead=overhead)
+    assert mean_cost(losses, COSTS, eta=eta) + overhead <= budget
+    assert mean_cost(losses, COSTS, eta=eta * 0.98) + overhead > budget
 
 
 @pytest.mark.parametrize("budget", [0.35, 0.6])
@@ -59,11 +62,12 @@ def test_budget_in_reported_flops_while_routing_on_executed_costs(budget):
     g = torch.Generator().manual_seed(2)
     u = 30 + torch.rand(400, 4, generator=g).cumsum(1)
     blank = torch.zeros(400, dtype=torch.bool)
-    eta = eta_for_budget(u, blank, executed, gamma=0.0, budget=budget, measure=COSTS)
-    assert mean_cost(u, blank, executed, eta=eta, gamma=0.0, measure=COSTS) <= budget
-    assert mean_cost(u, blank, executed, eta=eta * 0.98, gamma=0.0, measure=COSTS) > budget
+    losses = psnr_losses(u, blank, 0.0)
+    eta = eta_for_budget(losses, executed, budget=budget, measure=COSTS)
+    assert mean_cost(losses, executed, eta=eta, measure=COSTS) <= budget
+    assert mean_cost(losses, executed, eta=eta * 0.98, measure=COSTS) > budget
     with pytest.raises(ValueError, match="rise"):  # measures that rank paths apart
-        eta_for_budget(u, blank, executed, gamma=0.0, budget=budget, measure=COSTS.flip(0))
+        eta_for_budget(losses, executed, budget=budget, measure=COSTS.flip(0))
 
 
 def test_routing_costs_are_executed_flops_and_rise_with_depth():
@@ -79,9 +83,9 @@ def test_routing_costs_are_executed_flops_and_rise_with_depth():
 def test_budget_errors_and_easy_budgets():
     u = torch.full((10, 4), 30.0)
     blank = torch.zeros(10, dtype=torch.bool)
-    assert eta_for_budget(u, blank, COSTS, gamma=1.0, budget=1.0) == 0.0
+    assert eta_for_budget(psnr_losses(u, blank, 1.0), COSTS, budget=1.0) == 0.0
     with pytest.raises(ConfigError):
-        eta_for_budget(u, blank, COSTS, gamma=1.0, budget=0.01, overhead=0.016)
+        eta_for_budget(psnr_losses(u, blank, 1.0), COSTS, budget=0.01, overhead=0.016)
 
 
 @pytest.mark.parametrize(
@@ -227,7 +231,7 @@ def test_whole_image_estimates_equal_tile_by_tile(varied_weights, astronaut, til
     runner = up.runner
     runner.reset()
     runner.prepare(picture, up.tiling)
-    u, blank = runner.take_estimates(list(range(up.tiling.count(*picture.shape[:2]))))
+    u, blank = runner._u, runner._blank  # every tile's, row-major
     tiles = torch.cat([batch for _, batch in tile_batches(picture, up.tiling)])
     with torch.no_grad():
         want_u, want_blank = up.model.estimate(tiles.expand(-1, 3, -1, -1))
@@ -255,7 +259,7 @@ def test_calibrated_presets_are_ordered_and_loaded(tmp_path, varied_weights, ast
     for k, (y, x) in enumerate([(30, 150), (300, 100), (0, 0)]):
         Image.fromarray(astronaut[y : y + 96, x : x + 112]).save(folder / f"c{k}.png")
     result = calibrate("enaf-fsrcnn", varied_weights, folder, grid=(0.0, 0.5, 2.0, 50.0),
-                       gammas=(0.0, 1.0))
+                       gammas=(0.0, 1.0), texture_router=False)
     presets = result["presets"]
     rows = {(r["gamma"], r["eta"]): r for r in result["table"]}
     assert len(rows) == 8
@@ -272,7 +276,117 @@ def test_calibrated_presets_are_ordered_and_loaded(tmp_path, varied_weights, ast
     assert model.presets == presets
 
 
-@pytest.mark.parametrize("cells", [True, False])
+TEXTURE = {"kind": "texture", "coef": [[-1.0, 0.2, 0.1, 0.02], [-2.0, 0.2, 0.1, 0.01],
+                                        [-3.0, 0.1, 0.1, 0.01]]}
+
+
+def test_texture_losses_are_image_db():
+    """All patches on bicubic give up the whole predicted gain, in linearised image dB; the
+    full network costs nothing; a patch with more texture costs more on every cheaper path."""
+    from sr_tile.models.enaf import texture
+
+    stats = torch.tensor([[0.0, 0.0], [50.0, 30.0], [400.0, 200.0], [3000.0, 900.0]],
+                         dtype=torch.float64)
+    losses = texture.losses(TEXTURE["coef"], stats, gain_db=1.5)
+    assert losses.shape == (4, 4) and bool((losses[:, -1] == 0).all())
+    everything = texture.DB * math.expm1(1.5 / texture.DB)
+    assert float(losses[:, 0].mean()) == pytest.approx(everything)
+    assert bool((torch.diff(losses[:, :3], dim=0) >= 0).all())
+    assert bool((torch.diff(losses[:, 0]) > 0).all())
+    assert texture.image_gain_db(torch.tensor([[30.0, 31.0, 31.0, 32.0]] * 3)) == \
+        pytest.approx(2.0)
+
+
+def test_patch_statistics_do_not_depend_on_bands_or_channels(astronaut):
+    from sr_tile.models.enaf.estimator import gray_u8, laplacian_abs
+    from sr_tile.models.enaf.texture import patch_statistics
+
+    picture = astronaut[40:157, 150:300]
+    rows = [(0, 32), (32, 64), (64, 96), (96, 117)]
+    cols = [(0, 32), (32, 64), (64, 96), (96, 128), (128, 150)]
+    whole = patch_statistics(picture, rows, cols, band=1000)
+    assert torch.equal(patch_statistics(picture, rows, cols, band=7), whole)
+    gray = gray_u8(torch.from_numpy(picture).permute(2, 0, 1)[None].float() / 255).double()[0]
+    lap = torch.zeros_like(gray)
+    lap[1:-1, 1:-1] = laplacian_abs(gray[None])[0] ** 2
+    dy = (gray[33:65, 32:64] - gray[32:64, 32:64]) ** 2
+    dx = (gray[32:64, 33:65] - gray[32:64, 32:64]) ** 2
+    assert float(whole[6, 0]) == pytest.approx(float(lap[32:64, 32:64].mean()))
+    assert float(whole[6, 1]) == pytest.approx(float((dy + dx).mean()))
+    one = gray.numpy().astype(np.uint8)[..., None]  # a gray image reads as its own gray
+    assert torch.equal(patch_statistics(one, rows, cols),
+                       patch_statistics(np.repeat(one, 3, axis=2), rows, cols))
+
+
+def test_texture_router_is_fitted_calibrated_and_routes(tmp_path, varied_weights, astronaut):
+    """The calibration of a backbone that routes by cells fits the texture router on the
+    training images, sweeps its eta (gamma 0), and the weights carry both; a routed run then
+    takes the paths of its losses."""
+    from sr_tile.models.enaf import texture
+    from sr_tile.models.enaf.calibrate import calibrate, write_presets
+    from sr_tile.models.enaf.routing import fuse
+
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for k, (y, x) in enumerate([(30, 150), (300, 100), (0, 0)]):
+        Image.fromarray(astronaut[y : y + 96, x : x + 112]).save(folder / f"c{k}.png")
+    result = calibrate("enaf-fsrcnn", varied_weights, folder, grid=(0.0, 0.05, 0.5, 50.0))
+    router = result["router"]
+    assert router["kind"] == "texture" and sorted(router["fitted_on"]) == ["c0", "c1", "c2"]
+    assert len(router["coef"]) == 3 and all(len(row) == 4 for row in router["coef"])
+    assert [(r["gamma"], r["eta"]) for r in result["table"]] == [
+        (0.0, 0.0), (0.0, 0.05), (0.0, 0.5), (0.0, 50.0)]
+    assert result["table"][-1]["exits"]["bicubic"] == 1.0
+    write_presets(varied_weights, result)
+    up = Upscaler(UpscaleOptions(model="enaf-fsrcnn", weights=str(varied_weights),
+                                 routing=RoutingOptions(eta=0.05)))
+    assert up.model.router == router and up.model.presets == result["presets"]
+    picture = astronaut[30:150, 150:300]
+    up.upscale_whole(picture)
+    runner = up.runner
+    stats = texture.patch_statistics(picture, *runner._grid)
+    want = fuse(texture.losses(router["coef"], stats, texture.image_gain_db(runner._u)),
+                up.model.costs(32, 32), eta=0.05)
+    assert runner.paths == want.tolist()
+
+
+def test_cell_sums_split_the_psnr_pixels_by_cell():
+    """The fit reads each cell's share of the pixels ``psnr_y`` averages (HR, ``scale`` px
+    cropped at each border): every pixel once, in the cell above it."""
+    from sr_tile.models.enaf.calibrate import _cell_pixels, _cell_sums
+
+    rows, cols, scale = [(0, 32), (32, 50)], [(0, 32), (32, 64), (64, 70)], 4
+    error = np.random.default_rng(0).random((50 * scale - 2 * scale, 70 * scale - 2 * scale))
+    sums = _cell_sums(error, rows, cols, scale).numpy()
+    assert sums.sum() == pytest.approx(error.sum())
+    assert sums[4] == pytest.approx(error[128 - 4:, 128 - 4:256 - 4].sum())  # row 1, column 1
+    pixels = _cell_pixels(rows, cols, scale, error.shape).numpy()
+    assert pixels.sum() == error.size and pixels[0] == (128 - 4) ** 2
+
+
+def test_each_image_is_calibrated_with_a_router_fitted_without_it():
+    from sr_tile.models.enaf.calibrate import cross_fitted
+
+    g = torch.Generator().manual_seed(0)
+    measured = [(torch.rand(20, 2, generator=g, dtype=torch.float64) * 100,
+                 torch.rand(20, 3, generator=g, dtype=torch.float64)) for _ in range(5)]
+    names = ["a", "b", "c", "d", "e"]
+    routers = cross_fitted(measured, names)
+    for name, router in zip(names, routers):
+        assert name not in router["fitted_on"] and len(router["fitted_on"]) >= 2
+    assert cross_fitted(measured[:1], names[:1])[0]["fitted_on"] == ["a"]  # no other half
+
+
+def test_a_bad_router_in_a_weights_file_is_a_config_error(varied_weights):
+    from sr_tile.train.calibration import write_presets
+
+    write_presets(varied_weights, {"presets": {"M": {"eta": 0.1, "gamma": 0.0}},
+                                   "router": {"kind": "texture", "coef": [[1.0]]}})
+    with pytest.raises(ConfigError, match="router"):
+        create_model("enaf-fsrcnn", weights=varied_weights)
+
+
+@pytest.mark.parametrize("cells", [True, False, "texture"])
 def test_sweep_replay_equals_routed_runs(varied_weights, astronaut, cells, request):
     """Calibration replays recorded path outputs: each setting must give the routed run's image,
     paths and FLOPs exactly, and the record pass the full network's image as the router runs
@@ -286,6 +400,8 @@ def test_sweep_replay_equals_routed_runs(varied_weights, astronaut, cells, reque
     options = UpscaleOptions(model="enaf-fsrcnn", weights=str(varied_weights),
                              tile=None if cells else 32)
     sweep = Upscaler(options)
+    router = TEXTURE if cells == "texture" else None
+    sweep.model.router = router
     runner = sweep.runner = SweepRunner(sweep.model, device=sweep.device)
     full = Upscaler(replace(options, routing=RoutingOptions(path=3)) if cells
                     else replace(options, static=True)).upscale_whole(picture)
@@ -295,6 +411,7 @@ def test_sweep_replay_equals_routed_runs(varied_weights, astronaut, cells, reque
         runner.setting = (eta, gamma)
         replayed = sweep.upscale_whole(picture)
         routed = Upscaler(replace(options, routing=RoutingOptions(eta=eta, gamma=gamma)))
+        routed.model.router = router
         assert np.array_equal(replayed, routed.upscale_whole(picture))
         assert runner.paths == routed.runner.paths
         assert runner.flops == routed.runner.flops

@@ -71,7 +71,9 @@ def bench(
              "[default: 4]")] = None,
     preset: Annotated[Optional[str], typer.Option(
         help="Routed rows: L (quality), M or S (speed); default M.")] = None,
-    eta: Annotated[Optional[float], typer.Option(help="Routed rows: cost weight of Eq. 9.")] = None,
+    eta: Annotated[Optional[float], typer.Option(
+        help="Routed rows: the price of network cost (ENAF: image dB per unit of mean cost "
+             "with a texture router, else Eq. 9's eta).")] = None,
     gamma: Annotated[Optional[float], typer.Option(
         help="Routed rows: blank-vector weight (default: the preset's).")] = None,
     budget: Annotated[Optional[float], typer.Option(

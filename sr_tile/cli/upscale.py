@@ -174,7 +174,9 @@ def upscale(
     preset: Annotated[
         Optional[str], typer.Option(help="Routed models: L (quality), M or S (speed).")
     ] = None,
-    eta: Annotated[Optional[float], typer.Option(help="Routed models: cost weight of Eq. 9.")] = None,
+    eta: Annotated[Optional[float], typer.Option(
+        help="Routed models: the price of network cost (ENAF: image dB per unit of mean cost "
+             "with a texture router, else Eq. 9's eta).")] = None,
     gamma: Annotated[Optional[float], typer.Option(
         help="Routed models: blank-vector weight (default: the preset's).")] = None,
     budget: Annotated[

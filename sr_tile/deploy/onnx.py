@@ -129,6 +129,7 @@ def export_onnx(name: str, *, scale: float, out_dir: str | os.PathLike[str],
         "sr_tile.scale": f"{scale:g}", "sr_tile.opset": str(OPSET),
         "sr_tile.parts": json.dumps([p.name for p in parts]),
         "sr_tile.presets": json.dumps(getattr(model, "presets", {})),
+        "sr_tile.router": json.dumps(getattr(model, "router", None)),
         "sr_tile.weights_sha256": weights_hash(source),
         "sr_tile.routing": d.routing.value if len(parts) > 1 else "none",
         # what the runtime rebuilds its reference model from (see onnx_model)
@@ -358,6 +359,9 @@ def onnx_model(name: str, *, scale: float, weights: str | Path | None, device: t
     presets = json.loads(meta.get("sr_tile.presets") or "{}")
     if presets and hasattr(model, "presets"):
         model.presets = {k.upper(): v for k, v in presets.items()}
+    router = json.loads(meta.get("sr_tile.router") or "null")
+    if router is not None and hasattr(model, "router"):
+        model.router = router
     for part in parts:
         skip = int(model.descriptor.scale) if part.skip else 0
         if part.name == "model":

@@ -212,4 +212,6 @@ def create_model(
                             any_scale=entry.scale_range is not None)
         if "presets" in meta and hasattr(model, "presets"):
             model.presets = {k.upper(): v for k, v in meta["presets"].items()}
+        if "router" in meta and hasattr(model, "router"):
+            model.router = meta["router"]
     return model.eval()

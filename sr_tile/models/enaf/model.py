@@ -9,10 +9,13 @@ of an image from one pass over the image (``sr_tile.upscale.ExitRunner``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from sr_tile.flops import Convention, count_flops
+from sr_tile.models.enaf import texture
 from sr_tile.models.enaf.estimator import PSNREstimator, is_blank
 from sr_tile.models.enaf.multiexit import MultiExitSR
 from sr_tile.models.enaf.routing import DEFAULT_PRESETS
@@ -39,6 +42,7 @@ class EnafSR(nn.Module):
         self.descriptor = backbone.descriptor
         self.scale = backbone.scale
         self.presets: dict[str, dict[str, float]] = {k: dict(v) for k, v in DEFAULT_PRESETS.items()}
+        self.router = None
         self._estimator_flops: dict[tuple[int, int], int] = {}
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # noqa: ANN001, ANN201
@@ -52,6 +56,16 @@ class EnafSR(nn.Module):
             self.estimator.set_context(len(layers))
             self._estimator_flops.clear()
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    @property
+    def router(self) -> dict[str, Any] | None:
+        """The texture router fitted at calibration (``sr_tile.models.enaf.texture``), read
+        from the weights' metadata; None: Eq. 9 on the estimator's PSNRs."""
+        return self._router
+
+    @router.setter
+    def router(self, value: dict[str, Any] | None) -> None:
+        self._router = None if value is None else texture.checked(value, self.num_paths)
 
     @property
     def runner_cls(self) -> type:

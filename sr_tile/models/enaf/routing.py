@@ -4,7 +4,8 @@ For every patch the estimator predicts the PSNR ``u_j`` of each path j (path 0 =
 bicubic), the blank vector ``b`` is [1,0,0,0] for patches with almost no edges,
 and each path has a cost ``c_j`` (its executed FLOPs over the full network's, see
 ``EnafSR.costs``). The path taken is ``argmax_j u_j + gamma*b_j - eta*c_j``
-(ENAF Eq. 9).
+(ENAF Eq. 9), written here as the least ``loss_j + eta*c_j`` (``psnr_losses``), the
+form the texture router's losses take too (``sr_tile.models.enaf.texture``).
 
 ``--budget F`` (not in the paper) asks for an average cost of at most F times
 the full network, estimator included, for this image: the chosen cost can only
@@ -41,24 +42,31 @@ def resolve(options: RoutingOptions, presets: dict[str, dict[str, float]]) -> tu
     return float(eta), float(gamma)
 
 
-def fuse(u: torch.Tensor, blank: torch.Tensor, costs: torch.Tensor, *, eta: float,
-         gamma: float) -> torch.Tensor:
-    """Eq. 9: (N, P) estimates, (N,) blank flags, (P,) normalised costs -> (N,) paths."""
-    score = u.float() - eta * costs.float()[None, :]
-    score[:, 0] += gamma * blank.float()
-    return score.argmax(dim=1)
+def psnr_losses(u: torch.Tensor, blank: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Eq. 9 as losses: (N, P) the estimated dB each patch loses on each path against the full
+    network, ``u_full - u_j``, less ``gamma`` on path 0 for blank patches. ``fuse`` on them
+    picks what ``argmax_j u_j + gamma*b_j - eta*c_j`` picks."""
+    losses = u[:, -1:].float() - u.float()
+    losses[:, 0] -= gamma * blank.float()
+    return losses
 
 
-def mean_cost(u: torch.Tensor, blank: torch.Tensor, costs: torch.Tensor, *, eta: float,
-              gamma: float, measure: torch.Tensor | None = None) -> float:
+def fuse(losses: torch.Tensor, costs: torch.Tensor, *, eta: float) -> torch.Tensor:
+    """(N, P) each patch's loss on each path (``psnr_losses``, or the texture router's),
+    (P,) normalised costs -> (N,) paths: ``argmin_j loss_j + eta * c_j``."""
+    return (losses.float() + eta * costs.float()[None, :]).argmin(dim=1)
+
+
+def mean_cost(losses: torch.Tensor, costs: torch.Tensor, *, eta: float,
+              measure: torch.Tensor | None = None) -> float:
     """Average cost of the paths chosen at ``eta``, by ``measure`` (default: ``costs``)."""
     measure = costs if measure is None else measure
-    return float(measure.float()[fuse(u, blank, costs, eta=eta, gamma=gamma)].mean())
+    return float(measure.float()[fuse(losses, costs, eta=eta)].mean())
 
 
-def eta_for_budget(u: torch.Tensor, blank: torch.Tensor, costs: torch.Tensor, *,
-                   gamma: float, budget: float, overhead: float = 0.0,
-                   measure: torch.Tensor | None = None, iterations: int = 50) -> float:
+def eta_for_budget(losses: torch.Tensor, costs: torch.Tensor, *, budget: float,
+                   overhead: float = 0.0, measure: torch.Tensor | None = None,
+                   iterations: int = 50) -> float:
     """Smallest eta whose mean cost + ``overhead`` (estimator, as a fraction) <= budget.
 
     ``measure``: the per-path costs the budget is in (default ``costs``, those of the fusion);
@@ -73,13 +81,13 @@ def eta_for_budget(u: torch.Tensor, blank: torch.Tensor, costs: torch.Tensor, *,
         raise ConfigError(
             f"--budget {budget:.3f} is below the router's own cost ({overhead:.3f} of the network)"
         )
-    if mean_cost(u, blank, costs, eta=0.0, gamma=gamma, measure=measure) <= target:
+    if mean_cost(losses, costs, eta=0.0, measure=measure) <= target:
         return 0.0
-    spread = float((u.max(dim=1).values - u.min(dim=1).values).max()) + gamma + 1.0
+    spread = float((losses.max(dim=1).values - losses.min(dim=1).values).max()) + 1.0
     lo, hi = 0.0, spread / max(float(costs[costs > 0].min()), 1e-9)
     for _ in range(iterations):
         mid = 0.5 * (lo + hi)
-        if mean_cost(u, blank, costs, eta=mid, gamma=gamma, measure=measure) <= target:
+        if mean_cost(losses, costs, eta=mid, measure=measure) <= target:
             hi = mid
         else:
             lo = mid

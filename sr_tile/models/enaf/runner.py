@@ -26,9 +26,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sr_tile.errors import ConfigError
+from sr_tile.models.enaf import texture
 from sr_tile.models.enaf.estimator import BLANK_THRESHOLD, combine_psnr, gray_u8, laplacian_abs
 from sr_tile.models.enaf.model import ESTIMATOR_PART, EnafSR
-from sr_tile.models.enaf.routing import eta_for_budget, fuse, resolve
+from sr_tile.models.enaf.routing import eta_for_budget, fuse, psnr_losses, resolve
 from sr_tile.models.layers import bicubic
 from sr_tile.routemap import RouteMap, owned_span, paint_tiles
 from sr_tile.routing import RoutingOptions
@@ -53,7 +55,8 @@ class ExitRunner(TileRunner):
     """
 
     PATH_NAMES = ("bicubic", "exit1", "exit2", "full")
-    HANDOFF = ("_tiling", "_size", "_u", "_blank", "eta", "_grid", "_cell_paths")
+    HANDOFF = ("_tiling", "_size", "_u", "_blank", "_stats", "_losses", "eta", "_grid",
+               "_cell_paths")
 
     def __init__(self, model: EnafSR, *, device: torch.device, alpha: str,
                  routing: RoutingOptions | None = None) -> None:
@@ -65,12 +68,17 @@ class ExitRunner(TileRunner):
         super().__init__(model, device=device, alpha=alpha)
         #: route by cells in large tiles (see the module docstring), else by tiles
         self.cells = model.backbone.runs_cells
+        if model.router is not None and not self.cells:
+            raise ConfigError(f"{model.descriptor.name}: its weights' texture router is fitted "
+                              "on cells, and this backbone routes by tiles")
 
     def reset(self) -> None:
         super().reset()
         self.paths: list[int] = []
         self._u = torch.empty(0, self.model.num_paths)  # every patch's estimate, row-major
         self._blank = torch.empty(0, dtype=torch.bool)
+        self._stats = torch.empty(0, 2, dtype=torch.float64)  # texture statistics per patch
+        self._losses = torch.empty(0, self.model.num_paths)  # what ``fuse`` reads, per patch
         self._tiling: TileConfig | None = None
         self._size = (0, 0)
         #: cells: each cell row's and column's LR span, and each cell's path, row-major
@@ -103,6 +111,10 @@ class ExitRunner(TileRunner):
             self._u = self._estimate(color, py, px)
             self._blank = (self._blank_flags(color, py, px) if self.gamma != 0
                            else torch.zeros(py.count * px.count, dtype=torch.bool))
+            if self.model.router is not None:
+                self._stats = texture.patch_statistics(color, *self._grid)
+                self.flops += texture.FLOPS_PER_PIXEL * self._size[0] * self._size[1]
+        self._losses = self.path_losses(self.gamma)
         if self.routing.budget is not None:
             backbone = self.model.backbone
             full = backbone.path_flops(height, width)[-1]
@@ -112,12 +124,11 @@ class ExitRunner(TileRunner):
                     backbone.cell_path(p).window_flops(height, width) / full
                     for p in range(1, self.model.num_paths)], dtype=torch.float64)
             self.eta = eta_for_budget(
-                self._u, self._blank, self.model.costs(height, width), gamma=self.gamma,
-                budget=self.routing.budget, overhead=self.flops / (len(self._u) * full),
-                measure=measure)
+                self._losses, self.model.costs(height, width), budget=self.routing.budget,
+                overhead=self.flops / (len(self._u) * full), measure=measure)
         if self.cells:
-            self._cell_paths = fuse(self._u, self._blank, self.model.costs(height, width),
-                                    eta=self.eta, gamma=self.gamma).tolist()
+            self._cell_paths = fuse(self._losses, self.model.costs(height, width),
+                                    eta=self.eta).tolist()
         self.seconds += time.perf_counter() - start
 
     def _estimate(self, color: np.ndarray, py: TilePlan, px: TilePlan) -> torch.Tensor:
@@ -197,10 +208,17 @@ class ExitRunner(TileRunner):
             flags.append(sums / ((py.tile - 2) * (px.tile - 2)) <= BLANK_THRESHOLD)
         return torch.cat(flags)
 
-    def take_estimates(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The estimates and blank flags of the tiles ``indices`` (row-major ids)."""
-        where = torch.tensor(indices, dtype=torch.long)
-        return self._u[where], self._blank[where]
+    def path_losses(self, gamma: float) -> torch.Tensor:
+        """(patches, P) what ``fuse`` weighs against the paths' costs: the texture router's
+        losses when the weights carry one (``texture``), else Eq. 9's (``psnr_losses``)."""
+        router = self.model.router
+        if router is None:
+            return psnr_losses(self._u, self._blank, gamma)
+        return texture.losses(router["coef"], self._stats, texture.image_gain_db(self._u))
+
+    def take_losses(self, indices: list[int]) -> torch.Tensor:
+        """The losses of the tiles ``indices`` (row-major ids)."""
+        return self._losses[torch.tensor(indices, dtype=torch.long)]
 
     def record_paths(self, windows: list[TileWindow], chosen: list[int]) -> None:
         """Keep the path of each tile under its id (batches may come in any order)."""
@@ -224,9 +242,8 @@ class ExitRunner(TileRunner):
         if self.routing.path is not None:  # a fixed exit: no estimator runs, none is counted
             paths = torch.full((x.shape[0],), self.routing.path, dtype=torch.long)
         else:
-            u, blank = self.take_estimates([w.index for w in windows])  # from prepare()
-            paths = fuse(u, blank, self.model.costs(*x.shape[-2:]), eta=self.eta,
-                         gamma=self.gamma)
+            paths = fuse(self.take_losses([w.index for w in windows]),  # from prepare()
+                         self.model.costs(*x.shape[-2:]), eta=self.eta)
         chosen = paths.tolist()
         self.record_paths(windows, chosen)
         self.flops += sum(costs[p] for p in chosen)
