@@ -1,4 +1,5 @@
-"""ENAF's runner: the estimator and the blank vector pick a path for every patch (Eq. 9).
+"""ENAF's runner: the estimator and the blank vector pick a path for every patch (Eq. 9), or,
+when the weights carry one, the texture router (``texture``) with the estimator's image gain.
 
 The image is read once before its tiles run (``prepare``): the estimator's sub-tile PSNRs come
 from one map of the whole image and every patch on the sub-tile grid combines its own from it;
