@@ -18,6 +18,9 @@ from sr_tile.routing import RoutingOptions
 from sr_tile.upscale import UpscaleOptions, Upscaler
 
 COSTS = torch.tensor([0.0, 0.31, 0.67, 1.0])
+#: a texture router (``sr_tile.models.enaf.texture``) whose losses vary over a photo
+TEXTURE = {"kind": "texture", "coef": [[-1.0, 0.2, 0.1, 0.02], [-2.0, 0.2, 0.1, 0.01],
+                                        [-3.0, 0.1, 0.1, 0.01]]}
 
 
 def test_fusion_on_made_up_estimates():
@@ -239,11 +242,16 @@ def test_whole_image_estimates_equal_tile_by_tile(varied_weights, astronaut, til
     assert torch.equal(blank, want_blank) and 0 < int(blank.sum()) < len(blank)
 
 
-@pytest.mark.parametrize("cells", [True, False])
+@pytest.mark.parametrize("cells", [True, False, "texture"])
 @pytest.mark.parametrize("budget", [0.25, 0.6])
 def test_budget_is_met_per_image(tmp_path, varied_weights, astronaut, budget, cells, request):
     if not cells:
         request.getfixturevalue("by_tiles")
+    if cells == "texture":  # the budget bisects the texture router's eta the same way
+        from sr_tile.train.calibration import write_presets
+
+        write_presets(varied_weights, {"presets": {"M": {"eta": 0.1, "gamma": 0.0}},
+                                       "router": TEXTURE})
     src = tmp_path / "in.png"
     Image.fromarray(astronaut[200:320, 100:250]).save(src)
     _, report = _upscale(src, varied_weights, tmp_path, budget=budget)
@@ -274,10 +282,6 @@ def test_calibrated_presets_are_ordered_and_loaded(tmp_path, varied_weights, ast
     write_presets(varied_weights, result)
     model = create_model("enaf-fsrcnn", weights=varied_weights)
     assert model.presets == presets
-
-
-TEXTURE = {"kind": "texture", "coef": [[-1.0, 0.2, 0.1, 0.02], [-2.0, 0.2, 0.1, 0.01],
-                                        [-3.0, 0.1, 0.1, 0.01]]}
 
 
 def test_texture_losses_are_image_db():
