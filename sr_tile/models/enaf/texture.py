@@ -11,9 +11,10 @@ instead of ~65 %. The squared Laplacian of the LR patch alone ranked the patches
 
 So a patch's cost of taking path ``p`` is its predicted MSE gain of the full network over
 ``p``, as a share of the image's predicted MSE, in image dB: a fitted regression gives the
-MSE gain of every path from two texture statistics of the patch, and the image's MSE is that
-of bicubic's predicted gain at the gain the PSNR estimator predicts for the whole image (its
-mean MSEs; per patch it is poor, over the image it is what it was trained for).
+MSE gain of every path from two texture statistics of the patch, and the image's MSE on the
+full network is bicubic's total predicted gain over ``10^(g/10) - 1``, where g is the full
+network's gain over the whole image as the PSNR estimator predicts it (the ratio of its
+mean MSEs: per patch the estimator is poor, over an image it is what it was trained for).
 ``fuse(losses, costs, eta)`` then picks ``argmin loss_p + eta * cost_p``: eta is image dB
 per unit of mean cost. The regression is fitted by ``sr-tile train enaf --phase calibrate``
 on the training images (every path's per-patch MSE against HR), and travels in the weights'
@@ -39,11 +40,11 @@ DB = 10.0 / math.log(10.0)
 #: what ``patch_statistics`` costs per LR pixel: gray (5), Laplacian and its square (7),
 #: two differences, their squares and sum (5), the two patch sums (2)
 FLOPS_PER_PIXEL = 19
-MIN_GAIN_DB = 0.01
+MIN_GAIN_DB = 0.01  # the image gain the estimator may predict at least (a floor, not a cap)
 #: the offset of the regression's log (per-pixel MSE, 8-bit Y units): most patches gain
 #: 0.001-10. An offset of 1 (log1p) fitted the small gains as if linear, and a held-out photo
-#: (Blinds) lost 0.15 dB at preset M; at 1e-4 the held-out photos kept within 0.05 dB
-GAIN_EPS = 1e-4  # the image gain the estimator may predict at least (a floor, not a cap)
+#: (Blinds) lost 0.15 dB at preset M; at 1e-4 it lost 0.022 dB
+GAIN_EPS = 1e-4
 
 
 def patch_statistics(color: np.ndarray, rows: Sequence[tuple[int, int]],
