@@ -381,6 +381,20 @@ def test_each_image_is_calibrated_with_a_router_fitted_without_it():
     assert cross_fitted(measured[:1], names[:1])[0]["fitted_on"] == ["a"]  # no other half
 
 
+def test_presets_without_a_router_drop_the_one_a_file_had(varied_weights):
+    """A router belongs to the presets calibrated with it: Eq. 9 presets written over a
+    texture router's leave none behind (and the router is stored once)."""
+    from sr_tile.models.checkpoint import read_metadata
+    from sr_tile.train.calibration import write_presets
+
+    write_presets(varied_weights, {"presets": {"M": {"eta": 0.1, "gamma": 0.0}},
+                                   "router": TEXTURE})
+    assert create_model("enaf-fsrcnn", weights=varied_weights).router == TEXTURE
+    assert "router" not in read_metadata(varied_weights)["calibration"]
+    write_presets(varied_weights, {"presets": {"M": {"eta": 0.5, "gamma": 1.0}}})
+    assert create_model("enaf-fsrcnn", weights=varied_weights).router is None
+
+
 def test_a_bad_router_in_a_weights_file_is_a_config_error(varied_weights):
     from sr_tile.train.calibration import write_presets
 

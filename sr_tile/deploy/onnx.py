@@ -40,7 +40,8 @@ from sr_tile.errors import ConfigError
 from sr_tile.io.atomic import write_bytes_atomic
 from sr_tile.models.descriptor import Routing
 from sr_tile.models.layers import bicubic
-from sr_tile.models.registry import BACKENDS, create_model, get_entry, shipped_weights
+from sr_tile.models.registry import (BACKENDS, adopt_calibration, create_model, get_entry,
+                                    shipped_weights)
 
 OPSET = 18  # the dynamo exporter's oldest; ORT >= 1.14 and TensorRT >= 8.6 read it
 FORMAT = "sr-tile-onnx-1"
@@ -356,12 +357,8 @@ def onnx_model(name: str, *, scale: float, weights: str | Path | None, device: t
              json.loads(meta.get("sr_tile.shapes") or "{}").items() if k not in fresh}
     if extra:
         model.load_state_dict(extra, strict=False)
-    presets = json.loads(meta.get("sr_tile.presets") or "{}")
-    if presets and hasattr(model, "presets"):
-        model.presets = {k.upper(): v for k, v in presets.items()}
-    router = json.loads(meta.get("sr_tile.router") or "null")
-    if router is not None and hasattr(model, "router"):
-        model.router = router
+    adopt_calibration(model, json.loads(meta.get("sr_tile.presets") or "{}"),
+                      json.loads(meta.get("sr_tile.router") or "null"))
     for part in parts:
         skip = int(model.descriptor.scale) if part.skip else 0
         if part.name == "model":

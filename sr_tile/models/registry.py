@@ -210,8 +210,15 @@ def create_model(
     if isinstance(weights, (str, Path)):
         meta = load_weights(model, weights, name=name, scale=scale,
                             any_scale=entry.scale_range is not None)
-        if "presets" in meta and hasattr(model, "presets"):
-            model.presets = {k.upper(): v for k, v in meta["presets"].items()}
-        if "router" in meta and hasattr(model, "router"):
-            model.router = meta["router"]
+        adopt_calibration(model, meta.get("presets"), meta.get("router"))
     return model.eval()
+
+
+def adopt_calibration(model: nn.Module, presets: dict[str, Any] | None,
+                      router: dict[str, Any] | None) -> None:
+    """Give a routed model the presets (and router) its weights were calibrated with, as a
+    weights file or an ONNX export carries them; a model without them keeps its own."""
+    if presets and hasattr(model, "presets"):
+        model.presets = {k.upper(): v for k, v in presets.items()}
+    if router is not None and hasattr(model, "router"):
+        model.router = router

@@ -75,9 +75,11 @@ def write_presets(weights: str | Path, calibration: dict[str, Any]) -> None:
     tensors = load_file(str(path))
     raw = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in read_metadata(path).items()}
     raw["presets"] = json.dumps(calibration["presets"])
-    if calibration.get("router") is not None:  # what the presets' router was fitted to be
+    raw.pop("router", None)  # a router belongs to the presets it was calibrated with
+    if calibration.get("router") is not None:
         raw["router"] = json.dumps(calibration["router"])
-    raw["calibration"] = json.dumps({k: v for k, v in calibration.items() if k != "presets"})
+    raw["calibration"] = json.dumps({k: v for k, v in calibration.items()
+                                     if k not in ("presets", "router")})
     save_safetensors(tensors, path, raw)
 
 

@@ -56,8 +56,8 @@ class ExitRunner(TileRunner):
     """
 
     PATH_NAMES = ("bicubic", "exit1", "exit2", "full")
-    HANDOFF = ("_tiling", "_size", "_u", "_blank", "_stats", "_losses", "eta", "_grid",
-               "_cell_paths")
+    #: what a worker that runs tiles needs of ``prepare`` (the losses, not what made them)
+    HANDOFF = ("_tiling", "_size", "_losses", "eta", "_grid", "_cell_paths")
 
     def __init__(self, model: EnafSR, *, device: torch.device, alpha: str,
                  routing: RoutingOptions | None = None) -> None:
