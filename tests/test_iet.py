@@ -104,7 +104,9 @@ def test_model_candidates_shrink_and_expand_as_configured():
 
     model = build(variant="iet-light")
     counts = model.candidate_counts()
-    assert counts[0] == counts[2] == (889, 889)  # the first group computes every offset
+    # the first group's block products: every query against its 8 x 8 blocks' regions, on
+    # the d = 3 lattice (reach 12 there) and for the dense window's rest (reach 8)
+    assert counts[0] == counts[2] == ((8 + 2 * 12) ** 2 + (8 + 2 * 8) ** 2,) * 2
     assert counts[3] == (320, 128)  # group 1 starts from group 0's expanded list
     assert len(counts) == 24 and all(kept <= scored for scored, kept in counts)
     model.set_dilation(2)
@@ -161,9 +163,11 @@ def test_a_tiny_training_run_lowers_the_loss_and_the_weights_load(tmp_path):
         assert torch.equal(loaded(x), result.model.eval()(x))
 
 
-def test_offset_products_equal_the_gathers():
+@pytest.mark.parametrize("h, w, band_bytes", [(6, 7, iea.BAND_BYTES), (19, 13, 1)])
+def test_offset_products_equal_the_gathers(monkeypatch, h, w, band_bytes):
+    """The block path (several blocks, edges that cut blocks, one band per block row too)."""
+    monkeypatch.setattr(iea, "BAND_BYTES", band_bytes)
     torch.manual_seed(4)
-    h, w = 6, 7
     offsets, _ = iea.dlsg_offsets(1, 2, 2)
     index = iea.dlsg_index(h, w, offsets)[None].expand(2, -1, -1).clone()
     index[:, ::3, 5] = -1  # some pruned entries too

@@ -70,7 +70,7 @@ class IETConfig:
 class Candidates:
     """Every token's candidates (B, N, k), -1 = none. ``dense``: the columns are the model's
     DLSG offsets in order (the first group, before expansion), so the products take the
-    shift path (``attention.qmk_offsets``) and a position bias per offset applies."""
+    block path (``attention.qmk_offsets``) and a position bias per offset applies."""
 
     index: torch.Tensor
     dense: bool = False
@@ -201,14 +201,16 @@ class IET(nn.Module):
 
     # ------------------------------------------------------------------ FLOPs (classsr)
     def candidate_counts(self) -> list[tuple[int, int]]:
-        """Per layer in order, (candidates scored, candidates weighted) as computed: the first
-        group's shift path computes every DLSG offset for both products."""
+        """Per layer in order, (candidates scored, candidates weighted) per token as computed:
+        the first group's block path multiplies every query by its blocks' whole regions of
+        keys, for both products (``attention.computed_per_query``)."""
         cfg = self.config
+        region = iea.computed_per_query(self.offsets)
         counts, incoming = [], len(self.offsets)
         for g in range(cfg.groups):
             for j in range(cfg.layers):
                 keep = min(cfg.keep[g][j], incoming)
-                counts.append((len(self.offsets),) * 2 if g == 0 else (incoming, keep))
+                counts.append((region, region) if g == 0 else (incoming, keep))
                 incoming = keep
                 if j == cfg.layers - 1 and g < len(cfg.k1):
                     incoming = cfg.width[g]
@@ -222,8 +224,8 @@ class IET(nn.Module):
     def tile_flops(self, height: int, width: int) -> int:
         """classsr FLOPs of one tile, counted from the config (the runner uses this instead of
         a counting pass, which IET's data-dependent candidates would make a real forward):
-        convs, linears and the candidate products (qmk and amv over every listed candidate,
-        padding included: the gathers compute them)."""
+        convs, linears and the candidate products (qmk and amv over every candidate computed,
+        padding included: the gathers and the block products compute them)."""
         cfg = self.config
         n, c = height * width, cfg.dim
         hidden = int(round(c * cfg.mlp_ratio))
