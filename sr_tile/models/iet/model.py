@@ -170,11 +170,13 @@ class IET(nn.Module):
         self.shuffle = nn.PixelShuffle(cfg.scale)
         self.descriptor = ModelDescriptor(
             # the overlap covers DLSG's reach (36 px at d = 3), so that a token an owned
-            # output depends on finds its first-layer candidates inside the tile
-            name=name, scale=cfg.scale, margin=16, exact_tiling=False, default_tile=192,
+            # output depends on finds its first-layer candidates inside the tile. 128 px
+            # tiles: iet-light's peak RSS was 1.4 GB on one, 2.7 GB on a 192 px one (the
+            # first group's N x 889 maps), for about the same time per output pixel
+            name=name, scale=cfg.scale, margin=16, exact_tiling=False, default_tile=128,
             default_overlap=cfg.reach + 4, routing=Routing.NONE,
             flops_note="classsr: 2x MACs of conv/linear layers and of the candidate products "
-                       "(every candidate gathered counts, -1 padding too)")
+                       "(every candidate computed counts, -1 padding too)")
 
     def set_dilation(self, dilation: int) -> None:
         """DLSG's d at inference (the offsets change, the weights do not)."""
