@@ -22,7 +22,7 @@ from sr_tile.models.registry import MODELS
 _FAMILY_HELP = "Model family to train: " + ", ".join(sorted(  # from the registry, torch-free
     {entry.family for entry in MODELS.values() if entry.train is not None})) + "."
 _PHASE_HELP = ("Phases to run: all, or one of the family's (ENAF: backbone, exits, estimator, "
-               "and calibrate, its presets on the smallest training images; all ends with it. "
+               "and calibrate, its presets (and router) on training images; all ends with it. "
                "AdaFormer: train, then calibrate, its eps_h presets; TADT: baseline, tadt; "
                "IET: train).")
 
