@@ -77,6 +77,13 @@ def test_bypassed_branches_cost_no_flops_and_do_not_run():
     assert isinstance(block, MSTB)
 
 
+def test_static_tile_flops_equal_a_counted_pass():
+    from sr_tile.flops import count_flops
+
+    model = _model(scale=2.5)
+    assert model.tile_flops(32, 64) == count_flops(model, (1, 3, 32, 64))
+
+
 def test_coordinates_and_cells_by_hand():
     x = torch.zeros(1, 3, 4, 2)
     ys, xs = output_grid(x, 2.5)  # 4 -> 10 rows, 2 -> 5 columns (round half up)

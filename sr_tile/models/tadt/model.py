@@ -268,6 +268,14 @@ class TADT(nn.Module):
         return convs + sum(2 * self.mstb_flops(px, on[4 * i:4 * i + 4])
                            for i in range(cfg.groups))
 
+    def tile_flops(self, height: int, width: int) -> int:
+        """The static network (every branch on) on one tile upscaled alone: what ``flops``
+        counts after a pass, without the pass (TADT cannot run on the meta device, so a
+        counted static run cost a real forward per tile shape)."""
+        out = math.floor(height * self.scale + 0.5) * math.floor(width * self.scale + 0.5)
+        return (self.extractor_flops(1, height, width, None)
+                + self.upsampler_flops(height * width, out))
+
     def flops(self, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
         """The ``sr_tile.flops`` protocol: every branch on, plus the upsampler's queries."""
         b, _, h, w = inputs[0].shape

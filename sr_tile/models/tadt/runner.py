@@ -66,9 +66,6 @@ class BranchRunner(TileRunner):
         self.route, self.p = self.route.cpu(), self.p.cpu()
         self.flops += self.model.tarc.flops(view[:, 0].numel())
 
-    def tile_flops(self, height: int, width: int) -> int:
-        return self.model.extractor_flops(1, height, width, None)
-
     def run_rgb(self, x: torch.Tensor, windows: list[TileWindow], *,
                 routed: bool) -> torch.Tensor:
         coords = grid_coords(windows, x.device)
