@@ -388,6 +388,9 @@ def test_l2_warmup_uses_mse_for_its_first_steps_then_l1(folders, pairs, tmp_path
                               run=RunDir(tmp_path / "run"), seed=0, device=torch.device("cpu"))
     # MSE of [0, 1] residuals is far below their L1: the switch shows in the losses
     assert max(result.losses[:2]) < 0.5 * min(result.losses[2:])
+    # and Adam restarted at the switch: its moments count the 2 L1 steps only
+    steps = load_checkpoint(RunDir(tmp_path / "run").last).optimizer["state"]
+    assert {int(v["step"]) for v in steps.values()} == {2}
     with pytest.raises(ConfigError, match="l2_warmup"):
         tiny_config(folders, tmp_path / "x", backbone={"l2_warmup": -1})
 

@@ -304,6 +304,13 @@ def train_phase(task: TrainTask, model: torch.nn.Module, phase: str, config: Pha
                              step, generator, device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if step == config.l2_warmup > 0:
+                # The switch from L2 to L1 scales the gradients up ~100x at once; Adam's
+                # second moments, fitted to L2's, then let the first L1 steps grow ~30x too
+                # large (they adapt over ~1/(1 - beta2) = 1000 steps). Two TADT-light runs
+                # collapsed there (LIIF's hidden ReLUs 18 % -> 99.8 % dead by the next
+                # validation, the output back to bicubic). Adam starts afresh instead.
+                optimizer.state.clear()
             if config.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
             in_update = True
