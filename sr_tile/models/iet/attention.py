@@ -251,7 +251,7 @@ def _lattices(offsets: torch.Tensor):
     """Yields (columns, step, offsets / step): the offsets on DLSG's dilation lattice (its
     step: what the offsets at the reach have in common), then the rest (step 1)."""
     reach = offsets.abs().amax(dim=1)
-    step = math.gcd(*offsets[reach == reach.max()].abs().flatten().tolist())
+    step = math.gcd(*offsets[reach == reach.max()].abs().flatten().tolist()) or 1
     on = (offsets % step == 0).all(dim=1)
     for cols, s in ((on.nonzero()[:, 0], step), ((~on).nonzero()[:, 0], 1)):
         if len(cols):
