@@ -160,6 +160,60 @@ def test_beta_penalty_counts_only_beta_above_the_scale_threshold():
     assert beta.grad.tolist() == [0.0, 0.5]
 
 
+def test_penalty_thresholds_come_from_the_config(tmp_path: Path):
+    from sr_tile.errors import ConfigError
+    from sr_tile.models.tadt.training import beta_penalty
+    from sr_tile.train import default_config
+    from sr_tile.train.config import dump_config, load_config
+
+    cfg = load_config(default_config("tadt", "light"), base=tmp_path)
+    alphas = cfg.phases.tadt.alphas
+    assert alphas == (0.0, 0.0625, 2.0) and cfg.phases.baseline.alphas == (0.25, 0.25, 0.5)
+    # x2's threshold is 0.0625 * 2^2 = 0.25: 0.5 is penalised there, not at x4 (1.0)
+    beta = torch.tensor([0.5])
+    assert beta_penalty(beta, 2.0, alphas).item() == 0.5
+    assert beta_penalty(beta, 4.0, alphas).item() == 0.0
+    saved = tmp_path / "config.yaml"
+    saved.write_text(dump_config(cfg))
+    assert load_config(saved, base=tmp_path) == cfg
+    for bad in ("[0.25, 0.25]", "[0.25, 0.25, x]", "0.25"):
+        with pytest.raises(ConfigError, match="phases.tadt.alphas"):
+            load_config(default_config("tadt", "light"), [f"phases.tadt.alphas={bad}"],
+                        base=tmp_path)
+
+
+def test_the_tadt_phase_starts_beta_on_the_threshold_and_trains_tarc_at_its_own_lr():
+    import torch.nn.functional as F
+
+    from sr_tile.models.tadt.training import TADTPhaseConfig, TADTTask, fit_beta_to_threshold
+
+    model = build(variant=NAME)
+    scales = torch.tensor([[1.0], [2.0], [3.0], [4.0]])
+    assert torch.allclose(F.softplus(model.tarc.scale_branch(scales)), torch.ones(4, 1))
+    assert fit_beta_to_threshold(model, (0.0, 0.0625, 2.0), (1.0, 4.0)) < 0.02
+    with torch.no_grad():
+        beta = F.softplus(model.tarc.scale_branch(scales))[:, 0]
+    assert beta.tolist() == pytest.approx([0.0625, 0.25, 0.5625, 1.0], abs=0.02)
+
+    config = TADTPhaseConfig(steps=1, lr=2e-4, tarc_lr=1e-3)
+    tarc = {id(p) for p in model.tarc.parameters()}
+    base, = TADTTask().param_groups(model, "baseline", config)
+    assert not tarc & {id(p) for p in base["params"]}
+    assert not any(p.requires_grad for p in model.tarc.parameters())
+    rest, own = TADTTask().param_groups(model, "tadt", config)
+    assert {id(p) for p in own["params"]} == tarc and own["base_lr"] == 1e-3
+    assert rest["base_lr"] == 2e-4 and all(p.requires_grad for p in model.parameters())
+
+
+def test_scales_above_training_route_as_its_top():
+    model = _model()
+    with torch.no_grad():
+        model.tarc.scale_branch[-1].weight.normal_()  # beta now depends on the scale
+        x = torch.rand(1, 3, 32, 32)
+        assert torch.equal(model.route(x, 6.0)[1], model.route(x, 4.0)[1])
+        assert not torch.equal(model.route(x, 3.0)[1], model.route(x, 4.0)[1])
+
+
 def test_arbitrary_scale_batches_line_up_with_their_targets():
     from skimage import data
 

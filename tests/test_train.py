@@ -28,7 +28,7 @@ from sr_tile.train import data as train_data
 from sr_tile.models.enaf import training as enaf_train
 from sr_tile.train import engine
 from sr_tile.io import atomic
-from sr_tile.train.config import dump_config, from_dict
+from sr_tile.train.config import dump_config, from_dict, resume_conflicts
 from sr_tile.train.data import PatchSampler, load_pairs, make_val_set, step_generator
 from sr_tile.train.state import RunDir, load_checkpoint, save_checkpoint
 
@@ -635,6 +635,13 @@ def test_resume_checks(folders, uninterrupted, tmp_path) -> None:
     changed = dataclasses.replace(done, seed=4)
     with pytest.raises(ConfigError, match="seed"):
         run_training(changed, resume=True)
+    # A setting newer than the run (missing from its saved config) counts at its default.
+    saved = yaml.safe_load((Path(done.run_dir) / "config.yaml").read_text())
+    del saved["phases"]["exits"]["grad_clip"]
+    assert resume_conflicts(saved, done) == []
+    assert resume_conflicts(saved, dataclasses.replace(
+        done, phases=dataclasses.replace(done.phases, exits=dataclasses.replace(
+            done.phases.exits, grad_clip=1.0)))) == ["phases.exits.grad_clip"]
     # Everything is done: resuming only re-exports.
     again = run_training(dataclasses.replace(done, export=str(tmp_path / "re.safetensors")),
                          resume=True)

@@ -207,10 +207,15 @@ def _type_name(tp: Any) -> str:
 
 def _convert(value: Any, tp: Any, key: str) -> Any:
     """``value`` checked against the annotation ``tp`` (int, float, str, bool, X | None,
-    or a config dataclass; ``Any``: already built)."""
+    a fixed-length tuple of those, or a config dataclass; ``Any``: already built)."""
     if tp is Any:
         return value
     origin = typing.get_origin(tp)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key}: must be a list of {len(args)}, got {value!r}")
+        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -390,7 +395,8 @@ def scale_steps(cfg: TrainConfig, factor: float) -> TrainConfig:
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    return dataclasses.asdict(cfg, dict_factory=lambda items: {
+        k: list(v) if isinstance(v, tuple) else v for k, v in items})
 
 
 def dump_config(cfg: TrainConfig) -> str:
@@ -418,7 +424,12 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def resume_conflicts(saved: Mapping[str, Any], current: TrainConfig) -> list[str]:
-    """Keys whose value differs from the saved run's in a way that changes the result."""
+    """Keys whose value differs from the saved run's in a way that changes the result. A key
+    the saved config lacks (a setting newer than the run) counts at its default."""
+    try:
+        saved = config_to_dict(from_dict(saved))
+    except ConfigError:  # a config this version cannot read: compare it as written
+        pass
     old, new = flatten(saved), flatten(config_to_dict(current))
     keys = sorted(set(old) | set(new))
     return [k for k in keys if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES

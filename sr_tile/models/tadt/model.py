@@ -243,8 +243,10 @@ class TADT(nn.Module):
 
     def route(self, lr: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Inference routing of one image, given whole (1, 3, h, w) or as crops (n, 3, c, c):
-        (4N,) bools [p > 0.5] and p."""
-        p, _ = self.tarc(lr, torch.tensor([scale], device=lr.device), one_image=True)
+        (4N,) bools [p > 0.5] and p. Scales above the training range route as its top
+        (TARC's scale branch has never seen them; harder tasks should not get fewer branches)."""
+        s = min(scale, TRAIN_SCALES[1])
+        p, _ = self.tarc(lr, torch.tensor([s], device=lr.device), one_image=True)
         return p[0] > 0.5, p[0]
 
     # ------------------------------------------------------------------ FLOPs (classsr)

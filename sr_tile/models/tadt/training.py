@@ -25,7 +25,7 @@ from sr_tile.train.config import PhaseConfig, PhasesConfig, invalid
 from sr_tile.train.data import ScaleSampler, ValSet
 from sr_tile.train.engine import PhaseContext, TrainTask
 
-ALPHAS = (0.25, 0.25, 0.5)  # M = [beta >= a1 + a2 * s^a3] (Eq. 6)
+ALPHAS = (0.25, 0.25, 0.5)  # the paper's M = [beta >= a1 + a2 * s^a3] (Eq. 6)
 _VAL_BATCH = 4
 
 
@@ -34,13 +34,17 @@ class TADTPhaseConfig(PhaseConfig):
     """The shared phase settings, plus ``queries`` (rows and columns of HR targets per crop),
     the training ``scale_min``/``scale_max``, ``penalty`` (Eq. 5's lambda; phase tadt) and
     ``hard_pool`` (keep the batch's crops on which bicubic errs most, of that many times as
-    many: ``ScaleSampler``)."""
+    many: ``ScaleSampler``). ``alphas``: Eq. 6's a1, a2, a3, the threshold above which beta
+    (the share of branches TARC may turn on) is penalised; the paper's by default.
+    ``tarc_lr``: TARC's learning rate (phase tadt; None: ``lr``)."""
 
     queries: int = 32
     scale_min: float = 1.0
     scale_max: float = 4.0
     penalty: float = 2e-4
     hard_pool: int = 1
+    alphas: tuple[float, float, float] = ALPHAS
+    tarc_lr: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -53,6 +57,8 @@ class TADTPhaseConfig(PhaseConfig):
             raise invalid("penalty", f"must be >= 0, got {self.penalty}")
         if self.hard_pool < 1:
             raise invalid("hard_pool", f"must be >= 1, got {self.hard_pool}")
+        if self.tarc_lr is not None and not self.tarc_lr > 0:
+            raise invalid("tarc_lr", f"must be > 0, got {self.tarc_lr}")
 
 
 @dataclass(frozen=True)
@@ -61,21 +67,51 @@ class TADTPhases(PhasesConfig):
     tadt: TADTPhaseConfig
 
 
-def beta_penalty(beta: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+def beta_threshold(scale: float | torch.Tensor,
+                   alphas: tuple[float, float, float] = ALPHAS) -> torch.Tensor:
+    """Eq. 6's a1 + a2 * s^a3."""
+    a1, a2, a3 = alphas
+    return a1 + a2 * torch.as_tensor(scale, dtype=torch.float32) ** a3
+
+
+def fit_beta_to_threshold(model: TADT, alphas: tuple[float, float, float],
+                          scales: tuple[float, float], steps: int = 1000) -> float:
+    """Start TARC's scale branch on the penalty's threshold curve (at least 0.02), so that the
+    phase starts on budget at every scale. From beta = 1 everywhere the penalty pushes every
+    scale down at once through the shared layers, and its first steps drag the large scales
+    (whose budget is not exceeded) far below their threshold. Returns the worst gap left."""
+    s = torch.linspace(scales[0], scales[1], 64)
+    target = beta_threshold(s, alphas).clamp(min=0.02)
+    branch = model.tarc.scale_branch
+    opt = torch.optim.Adam(branch.parameters(), lr=1e-2)
+    with torch.enable_grad():
+        for _ in range(steps):
+            beta = F.softplus(branch(s[:, None]))[:, 0]
+            loss = F.mse_loss(beta, target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        return float((F.softplus(branch(s[:, None]))[:, 0] - target).abs().max())
+
+
+def beta_penalty(beta: torch.Tensor, scale: float | torch.Tensor,
+                 alphas: tuple[float, float, float] = ALPHAS) -> torch.Tensor:
     """Eq. 6-7: beta * [beta >= a1 + a2 * s^a3], averaged over the batch."""
-    a1, a2, a3 = ALPHAS
-    threshold = a1 + a2 * torch.as_tensor(scale, dtype=beta.dtype) ** a3
+    threshold = beta_threshold(scale, alphas).to(beta.dtype)
     return (beta * (beta.detach() >= threshold).to(beta.dtype)).mean()
 
 
 @torch.no_grad()
 def evaluate(model: TADT, val: ValSet, device: torch.device) -> dict[str, Any]:
     """PSNR-Y on the val crops at their scale, every branch on and routed by TARC; the
-    branches TARC turns on at x2, x3 and x4 (mean over the crops)."""
+    branches TARC turns on at x2, x3 and x4 and the extractor's FLOPs there as a share of
+    the static one's (means over the crops)."""
     was_training = model.training
     model.eval()
     scores: dict[str, list[float]] = {"all": [], "routed": []}
-    on = {s: [] for s in (2, 3, 4)}
+    on: dict[int, list[float]] = {s: [] for s in (2, 3, 4)}
+    share: dict[int, list[float]] = {s: [] for s in on}
     feature_std, dead = [], []
     for start in range(0, len(val), _VAL_BATCH):
         lr = val.lr[start:start + _VAL_BATCH].to(device).float().div_(255.0)
@@ -93,12 +129,16 @@ def evaluate(model: TADT, val: ValSet, device: torch.device) -> dict[str, Any]:
                         dead.append(model.upsampler.dead_units(feat, float(val.scale)))
                 sr = (out.clamp(0, 1) * 255).round().to(torch.uint8)[0].permute(1, 2, 0).cpu()
                 scores[name].append(psnr_y(sr.numpy(), hr[k], crop_border=val.scale))
+            full = model.extractor_flops(1, *x.shape[-2:], None)
             for s in on:
-                on[s].append(float(model.route(x, float(s))[0].float().sum()))
+                r = model.route(x, float(s))[0]
+                on[s].append(float(r.float().sum()))
+                share[s].append(model.extractor_flops(1, *x.shape[-2:], r) / full)
     model.train(was_training)
     return {"psnr_y": {k: round(float(np.mean(v)), 4) for k, v in scores.items()},
             "branches_on": {f"x{s}": round(float(np.mean(v)), 2) for s, v in on.items()},
             "branches": model.config.branches,
+            "extractor_flops": {f"x{s}": round(float(np.mean(v)), 4) for s, v in share.items()},
             # collapse watch: the upsampler's input scale and its dead ReLUs (LIIF)
             "feature_std": round(float(np.mean(feature_std)), 4),
             "dead_units": round(float(np.mean(dead)), 3) if dead else None}
@@ -116,16 +156,22 @@ class TADTTask(TrainTask):
 
     def param_groups(self, model: torch.nn.Module, phase: str,
                      config: PhaseConfig) -> list[dict[str, Any]]:
+        tarc = set(model.tarc.parameters())
         for p in model.parameters():
-            p.requires_grad_(True)
-        if phase == "baseline":  # no TARC yet
-            for p in model.tarc.parameters():
-                p.requires_grad_(False)
-        params = [p for p in model.parameters() if p.requires_grad]
-        return [{"params": params, "lr": config.lr, "base_lr": config.lr}]
+            p.requires_grad_(phase != "baseline" or p not in tarc)  # the baseline: no TARC yet
+        rest = [p for p in model.parameters() if p not in tarc]
+        groups = [{"params": rest, "lr": config.lr, "base_lr": config.lr}]
+        if phase != "baseline":
+            lr = config.tarc_lr or config.lr
+            groups.append({"params": list(tarc), "lr": lr, "base_lr": lr})
+        return groups
 
     def prepare_phase(self, model: torch.nn.Module, phase: str, config: PhaseConfig,
                       ctx: PhaseContext) -> ScaleSampler:
+        if phase == "tadt" and ctx.start == 0:
+            gap = fit_beta_to_threshold(model, config.alphas,
+                                        (config.scale_min, config.scale_max))
+            ctx.log.write("beta_init", alphas=list(config.alphas), max_gap=round(gap, 4))
         return ScaleSampler(ctx.sampler.pairs, lr_patch=ctx.sampler.lr_patch,
                             queries=config.queries, scales=(config.scale_min, config.scale_max),
                             augment=ctx.sampler.augment, hard_pool=config.hard_pool)
@@ -140,7 +186,7 @@ class TADTTask(TrainTask):
         else:
             p, beta = model.tarc(b.lr, torch.full((b.lr.shape[0],), b.scale, device=device))
             route = sample_routes(p, generator if device.type == "cpu" else None)
-            penalty = beta_penalty(beta, b.scale)
+            penalty = beta_penalty(beta, b.scale, config.alphas)
         sr = model.upsampler(model.extract(b.lr, route), b.lr, b.ys, b.xs, b.scale)
         loss = pixel(sr, b.hr)
         return loss if penalty is None else loss + config.penalty * penalty
@@ -154,6 +200,7 @@ class TADTTask(TrainTask):
         dead = result.get("dead_units")
         return (f"PSNR-Y all branches {psnr['all']:.2f}, routed {psnr['routed']:.2f}; "
                 f"branches on of {result['branches']}: "
-                + ", ".join(f"{k} {v:g}" for k, v in on.items())
+                + ", ".join(f"{k} {v:g} ({100 * result['extractor_flops'][k]:.0f} % FLOPs)"
+                            for k, v in on.items())
                 + f"; feature std {result['feature_std']:.3f}"
                 + (f", dead LIIF units {100 * dead:.0f} %" if dead is not None else ""))
