@@ -94,4 +94,7 @@ class BranchRunner(TileRunner):
     def describe(extras: dict[str, Any]) -> str:
         if "branches_on" not in extras:
             return ""
-        return f"branches {extras['branches_on']}/{extras['branches']}"
+        text = f"branches {extras['branches_on']:.3g}/{extras['branches']:g}"  # (bench: means)
+        if "extractor_pct" in extras:
+            text += f", extractor {extras['extractor_pct']:.0f} %"
+        return text
