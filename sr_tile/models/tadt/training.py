@@ -1,7 +1,8 @@
 """TADT's training task, as the paper trains it (sec. 4.1): first the ``baseline`` (the
 extractor with every branch on, no TARC, L1), then ``tadt`` from it (TARC learns the routes:
 r ~ Bernoulli(p) with the straight-through estimator, L = L1 + lambda * beta * M with
-M = [beta >= a1 + a2 * s^a3], lambda = 2e-4, a = 0.25, 0.25, 0.5).
+M = [beta >= a1 + a2 * s^a3], lambda = 2e-4; the paper's a = 0.25, 0.25, 0.5 unless the
+config sets ``alphas``). The tadt phase starts beta(s) on that threshold curve.
 
 Batches are arbitrary-scale (``sr_tile.train.data.ScaleSampler``): s ~ U(1, 4) per batch, LR
 crops of ``data.lr_patch`` px made from HR crops of round(p * s) px, a grid of ``queries``
@@ -80,9 +81,9 @@ def fit_beta_to_threshold(model: TADT, alphas: tuple[float, float, float],
     phase starts on budget at every scale. From beta = 1 everywhere the penalty pushes every
     scale down at once through the shared layers, and its first steps drag the large scales
     (whose budget is not exceeded) far below their threshold. Returns the worst gap left."""
-    s = torch.linspace(scales[0], scales[1], 64)
-    target = beta_threshold(s, alphas).clamp(min=0.02)
     branch = model.tarc.scale_branch
+    s = torch.linspace(scales[0], scales[1], 64, device=branch[0].weight.device)
+    target = beta_threshold(s, alphas).clamp(min=0.02)
     opt = torch.optim.Adam(branch.parameters(), lr=1e-2)
     with torch.enable_grad():
         for _ in range(steps):
