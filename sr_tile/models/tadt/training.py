@@ -122,6 +122,9 @@ def evaluate(model: TADT, val: ValSet, device: torch.device) -> dict[str, Any]:
             x = lr[k:k + 1]
             route, _ = model.route(x, float(val.scale))
             for name, r in (("all", None), ("routed", route)):
+                if r is not None and bool(r.all()):  # the same network: score it once
+                    scores[name].append(scores["all"][-1])
+                    continue
                 feat = model.extract(x, r)
                 out = model.upsampler(feat, x, ys[k:k + 1], xs[k:k + 1], float(val.scale))
                 if r is None:
