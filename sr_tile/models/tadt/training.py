@@ -120,8 +120,8 @@ def evaluate(model: TADT, val: ValSet, device: torch.device) -> dict[str, Any]:
         ys, xs = output_grid(lr, val.scale)
         for k in range(lr.shape[0]):
             x = lr[k:k + 1]
-            route, _ = model.route(x, float(val.scale))
-            for name, r in (("all", None), ("routed", route)):
+            routes = {s: model.route(x, float(s))[0] for s in {*on, val.scale}}
+            for name, r in (("all", None), ("routed", routes[val.scale])):
                 if r is not None and bool(r.all()):  # the same network: score it once
                     scores[name].append(scores["all"][-1])
                     continue
@@ -135,9 +135,8 @@ def evaluate(model: TADT, val: ValSet, device: torch.device) -> dict[str, Any]:
                 scores[name].append(psnr_y(sr.numpy(), hr[k], crop_border=val.scale))
             full = model.extractor_flops(1, *x.shape[-2:], None)
             for s in on:
-                r = model.route(x, float(s))[0]
-                on[s].append(float(r.float().sum()))
-                share[s].append(model.extractor_flops(1, *x.shape[-2:], r) / full)
+                on[s].append(float(routes[s].float().sum()))
+                share[s].append(model.extractor_flops(1, *x.shape[-2:], routes[s]) / full)
     model.train(was_training)
     return {"psnr_y": {k: round(float(np.mean(v)), 4) for k, v in scores.items()},
             "branches_on": {f"x{s}": round(float(np.mean(v)), 2) for s, v in on.items()},
