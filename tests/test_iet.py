@@ -1,5 +1,5 @@
 """IET's individualized attention: equal to dense and to window attention when the index says
-so, gradients (gradcheck), chunking, DLSG candidates, sparsification, expansion and dedup."""
+so, gradients (gradcheck), the sparse layout against plain gathers, DLSG candidates, sparsification, expansion and dedup."""
 
 from __future__ import annotations
 
@@ -13,8 +13,18 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _attend(q, k, v, index):
-    scores = iea.qmk(q, k, index) / q.shape[-1] ** 0.5
-    return iea.amv(scores.softmax(dim=-1), v, index)
+    pattern = iea.Pattern(index, q.shape[2])
+    scores = iea.qmk(q, k, pattern) / q.shape[-1] ** 0.5
+    return iea.amv(scores.softmax(dim=-1), v, pattern)
+
+
+def _gathered_attend(q, k, v, index):
+    """The same with plain gathers and autograd: the reference for the sparse kernels."""
+    batch = torch.arange(q.shape[0])[:, None, None]
+    keys, values = k[batch, index.clamp(min=0)], v[batch, index.clamp(min=0)]  # (B, N, k, H, d)
+    scores = torch.einsum("bnhd,bnkhd->bhnk", q, keys) / q.shape[-1] ** 0.5
+    attn = scores.masked_fill(index[:, None] < 0, float("-inf")).softmax(dim=-1)
+    return torch.einsum("bhnk,bnkhd->bnhd", attn, values)
 
 
 def test_equals_dense_attention_when_every_token_is_a_candidate():
@@ -45,18 +55,31 @@ def test_gradients_pass_gradcheck_with_masked_entries():
     torch.manual_seed(2)
     q, k, v = (torch.randn(1, 6, 2, 3, dtype=torch.float64, requires_grad=True)
                for _ in range(3))
-    index = torch.tensor([[[0, 1, 2, -1], [1, 3, -1, -1], [2, 0, 5, 4], [3, 3, 1, 0],
-                           [4, 5, -1, 2], [5, 0, 1, 2]]])
+    index = torch.tensor([[[0, 1, 2, -1], [1, 3, -1, -1], [2, 0, 5, 4], [3, 4, 1, 0],
+                           [4, -1, 5, 2], [5, 0, 1, 2]]])
     assert torch.autograd.gradcheck(lambda a, b, c: _attend(a, b, c, index), (q, k, v))
 
 
-def test_chunked_gathers_give_the_same_numbers(monkeypatch):
+def test_sparse_kernels_equal_plain_gathers_in_value_and_gradient():
+    """Unsorted rows, -1 anywhere, rows with no candidate but the token: the CSR bookkeeping
+    (sorting, leaving out -1, the transposes of the backward) against autograd of gathers."""
     torch.manual_seed(3)
-    q, k, v = (torch.randn(2, 50, 3, 6) for _ in range(3))
-    index = torch.randint(-1, 50, (2, 50, 9))
-    whole = _attend(q, k, v, index)
-    monkeypatch.setattr(iea, "GATHER_BYTES", 9 * 18 * 4 * 7)  # 7 tokens per chunk
-    assert torch.allclose(_attend(q, k, v, index), whole, atol=1e-6)
+    q, k, v = (torch.randn(2, 50, 3, 6, requires_grad=True) for _ in range(3))
+    index = torch.rand(2, 50, 50).argsort(dim=-1)[..., :9]
+    index[..., 0] = torch.arange(50)
+    drop = torch.rand(2, 50, 9) < 0.3
+    drop[..., 0] = False  # every token keeps itself
+    index[drop] = -1
+    index[:, 7, 1:] = -1
+
+    def run(attend):
+        out = attend(q, k, v, index)
+        return out.detach(), torch.autograd.grad(out.square().sum(), (q, k, v))
+
+    (out, grads), (want, want_grads) = run(_attend), run(_gathered_attend)
+    assert torch.allclose(out, want, atol=1e-5)
+    for a, b in zip(grads, want_grads):
+        assert torch.allclose(a, b, atol=1e-4)
 
 
 def test_dlsg_candidates():
@@ -174,9 +197,10 @@ def test_offset_products_equal_the_gathers(monkeypatch, h, w, band_bytes):
     q, k, v = (torch.randn(2, h * w, 3, 4) for _ in range(3))
     valid = index >= 0
     got = iea.qmk_offsets(q, k, offsets, h, w, valid)
-    want = iea.qmk(q, k, index)
+    pattern = iea.Pattern(index, 3)
+    want = iea.qmk(q, k, pattern)
     assert torch.equal(torch.isinf(got), torch.isinf(want))
     assert torch.allclose(got[~torch.isinf(got)], want[~torch.isinf(want)], atol=1e-5)
     attn = want.softmax(dim=-1)
     assert torch.allclose(iea.amv_offsets(attn, v, offsets, h, w, valid),
-                          iea.amv(attn, v, index), atol=1e-5)
+                          iea.amv(attn, v, pattern), atol=1e-5)

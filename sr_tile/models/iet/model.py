@@ -112,9 +112,10 @@ class IEALayer(nn.Module):
             out = iea.amv_offsets(attn, v, offsets, h, w, index >= 0)
             nxt = Candidates(index, dense=True)
         else:
-            attn = (iea.qmk(q, k, cand.index) / math.sqrt(q.shape[-1])).softmax(dim=-1)
+            scores = iea.qmk(q, k, iea.Pattern(cand.index, self.heads))
+            attn = (scores / math.sqrt(q.shape[-1])).softmax(dim=-1)
             attn, index, _ = iea.sparsify(attn, cand.index, keep)
-            out = iea.amv(attn, v, index)
+            out = iea.amv(attn, v, iea.Pattern(index, self.heads))
             nxt = Candidates(index)
         out = out.reshape(b, n, c)
         if self.lepe is not None:
