@@ -22,6 +22,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+
 def _csr(crow: torch.Tensor, cols: torch.Tensor, values: torch.Tensor,
          size: tuple[int, int]) -> torch.Tensor:
     with warnings.catch_warnings():  # torch calls its CSR support beta, once per process
