@@ -9,9 +9,10 @@ CSR kernels, on any device, with autograd (``Pattern``, ``_QmK``, ``_AmV``):
   sparse-dense product.
 
 Nothing of size N x k x channels is made: a layer holds its N x k x heads attention values.
-Measured on this CPU, 1 thread, B * H * N = 12,288 rows, k = 160, d = 18 (against batched
-gathers of the candidates' rows and batched matrix products): qmk 0.18 -> 0.012 s, amv 0.13 ->
-0.008 s; the backward's scatter (A^T x) 0.23 -> 0.07 s.
+Measured on this CPU, 1 thread, B * H * N = 12,288 rows, k = 160, d = 18, against batched
+gathers of the candidates' rows and batched matrix products: qmk 0.18 -> 0.012 s, amv 0.13 ->
+0.008 s, the backward's scatter (A^T x) 0.23 -> 0.07 s; a batch-4 iet-light training step
+(32 px crops, d = 2) 24.9 -> 6.8 s, peak RSS 5.3 -> ~2 GB.
 """
 
 from __future__ import annotations
@@ -33,11 +34,11 @@ def _csr(crow: torch.Tensor, cols: torch.Tensor, values: torch.Tensor,
 class Pattern:
     """An index matrix I (B, N, k) as the sparse matrix of the products, in CSR with every
     row's columns sorted and distinct, as torch's sparse kernels require (IET's candidates are
-    distinct ids). One block per image and head on the diagonal; a block is N x (N + k): its
-    columns are the tokens, then k placeholders, where a row's j-th entry goes when I[n, j] is
-    -1 (its value is 0, and its score is set to -inf), so that every row has k entries and the
-    layout is the same for every head. Values move between the index's own column order
-    (B, H, N, k) and the CSR's with ``values`` and ``dense``."""
+    distinct ids). One block per image on the diagonal, shared by the heads (each head has its
+    own values); a block is N x (N + k): its columns are the tokens, then k placeholders, where
+    a row's j-th entry goes when I[n, j] is -1 (its value is 0, its score -inf), so that every
+    row has k entries. Values move between the index's own column order (B, H, N, k) and the
+    CSR's (H, nnz) with ``values`` and ``dense``; token rows are (H, B * N, d)."""
 
     def __init__(self, index: torch.Tensor, heads: int) -> None:
         b, n, k = index.shape
@@ -47,48 +48,40 @@ class Pattern:
         self.missing = (index < 0)[:, None]
         ids, order = torch.where(index < 0, n + torch.arange(k, device=dev), index).sort(dim=-1)
         self.order = order[:, None].expand(self.shape)
-        blocks = torch.arange(b * heads, device=dev).view(b, heads, 1)
-        self.cols = (ids.view(b, 1, n * k) + blocks * self.span).flatten()
-        self.crow = torch.arange(0, b * heads * n * k + 1, k, device=dev)
-        self._ids, self._blocks = ids, blocks
+        self.cols = (ids + torch.arange(b, device=dev).view(b, 1, 1) * self.span).flatten()
+        self.crow = torch.arange(0, b * n * k + 1, k, device=dev)
+        self.size = (b * n, b * self.span)
         self._transpose: tuple[torch.Tensor, ...] | None = None
 
     def values(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, H, N, k) in the index's column order -> the CSR's values (0 where I is -1)."""
-        return x.masked_fill(self.missing, 0.0).gather(-1, self.order).flatten()
+        """(B, H, N, k) in the index's column order -> the CSR's (H, nnz) (0 where I is -1)."""
+        x = x.masked_fill(self.missing, 0.0).gather(-1, self.order)
+        return x.transpose(0, 1).reshape(self.shape[1], -1)
 
     def dense(self, values: torch.Tensor, fill: float) -> torch.Tensor:
-        """The CSR's values -> (B, H, N, k) in the index's column order, ``fill`` where I is
+        """The CSR's (H, nnz) -> (B, H, N, k) in the index's column order, ``fill`` where I is
         -1."""
+        b, h, n, k = self.shape
         out = torch.empty(self.shape, dtype=values.dtype, device=values.device)
-        return out.scatter_(-1, self.order, values.view(self.shape)).masked_fill_(
-            self.missing, fill)
+        out.scatter_(-1, self.order, values.view(h, b, n, k).transpose(0, 1))
+        return out.masked_fill_(self.missing, fill)
 
     def matrix(self, values: torch.Tensor) -> torch.Tensor:
-        rows = self.crow.numel() - 1
-        return _csr(self.crow, self.cols, values, (rows, rows // self.n * self.span))
+        return _csr(self.crow, self.cols, values, self.size)
 
     def transposed(self, values: torch.Tensor) -> torch.Tensor:
         """The transpose (for the backward): each candidate's row lists the tokens that have
-        it, built per image (a stable sort keeps each row's tokens sorted), then per head."""
+        it (a stable sort of the columns keeps them sorted)."""
         if self._transpose is None:
-            b, heads, n, k = self.shape
-            image = torch.arange(b, device=self._ids.device).view(b, 1)
-            cols = self._ids.view(b, n * k) + image * self.span
-            # one flat sort of 32-bit keys: 2-5x faster here than a sort per image row
-            perm = cols.flatten().int().argsort(stable=True).view(b, n * k) - image * n * k
-            counts = torch.bincount(cols.flatten(), minlength=b * self.span).view(b, -1)
-            self._transpose = ((perm[:, None] + self._blocks * n * k).flatten(),
-                               (perm[:, None] // k + self._blocks * n).flatten(),
-                               F.pad(counts[:, None].expand(b, heads, -1).flatten().cumsum(0),
-                                     (1, 0)))
+            perm = self.cols.int().argsort(stable=True)  # 32-bit keys sort 2-3x faster here
+            counts = torch.bincount(self.cols, minlength=self.size[1])
+            self._transpose = perm, perm // self.shape[3], F.pad(counts.cumsum(0), (1, 0))
         perm, cols, crow = self._transpose
-        rows = crow.numel() - 1
-        return _csr(crow, cols, values[perm], (rows, rows // self.span * self.n))
+        return _csr(crow, cols, values[perm], self.size[::-1])
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
-        """(B * H * N, d) token rows -> the (B * H * (N + k), d) rows of the matrix's columns
-        (zero rows for the placeholders)."""
+        """(B * N, d) token rows -> the (B * (N + k), d) rows of the matrix's columns (zero
+        rows for the placeholders)."""
         d = x.shape[-1]
         return F.pad(x.view(-1, self.n, d), (0, 0, 0, self.span - self.n)).view(-1, d)
 
@@ -97,14 +90,24 @@ class Pattern:
         return x.view(-1, self.span, d)[:, :self.n].reshape(-1, d)
 
     def sampled(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """(B * H * N, d) x (B * H * N, d) -> the CSR's values: a[n] . b[m] at each entry."""
+        """(H, B * N, d) x (H, B * N, d) -> the CSR's (H, nnz): a[n] . b[m] at each entry."""
         pattern = self.matrix(a.new_zeros(self.cols.numel()))
-        return torch.sparse.sampled_addmm(pattern, a, self.pad(b).t(), beta=0.0).values()
+        return torch.stack([torch.sparse.sampled_addmm(pattern, ah, self.pad(bh).t(),
+                                                       beta=0.0).values()
+                            for ah, bh in zip(a, b)])
+
+    def product(self, values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(H, nnz) x (H, B * N, d) -> (H, B * N, d): the matrix times the tokens' rows."""
+        return torch.stack([self.matrix(v) @ self.pad(xh) for v, xh in zip(values, x)])
+
+    def product_t(self, values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The transpose times rows: (H, nnz) x (H, B * N, d) -> (H, B * N, d)."""
+        return torch.stack([self.unpad(self.transposed(v) @ xh) for v, xh in zip(values, x)])
 
 
 class _QmK(torch.autograd.Function):
     """scores = q[n] . k[I[n, j]] as a sampled dense-dense product; its backward is two sparse
-    products (dq = G k, dk = G^T q). Rows are (B * H * N, d)."""
+    products (dq = G k, dk = G^T q)."""
 
     @staticmethod
     def forward(ctx, q, k, pattern):
@@ -118,8 +121,8 @@ class _QmK(torch.autograd.Function):
         q, k = ctx.saved_tensors
         pattern = ctx.pattern
         g = pattern.values(grad)
-        dq = pattern.matrix(g) @ pattern.pad(k) if ctx.needs_input_grad[0] else None
-        dk = pattern.unpad(pattern.transposed(g) @ q) if ctx.needs_input_grad[1] else None
+        dq = pattern.product(g, k) if ctx.needs_input_grad[0] else None
+        dk = pattern.product_t(g, q) if ctx.needs_input_grad[1] else None
         return dq, dk, None
 
 
@@ -132,7 +135,7 @@ class _AmV(torch.autograd.Function):
         a = pattern.values(weights)
         ctx.save_for_backward(a, v)
         ctx.pattern = pattern
-        return pattern.matrix(a) @ pattern.pad(v)
+        return pattern.product(a, v)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -140,13 +143,14 @@ class _AmV(torch.autograd.Function):
         a, v = ctx.saved_tensors
         pattern = ctx.pattern
         dw = pattern.dense(pattern.sampled(grad, v), 0.0) if ctx.needs_input_grad[0] else None
-        dv = pattern.unpad(pattern.transposed(a) @ grad) if ctx.needs_input_grad[1] else None
+        dv = pattern.product_t(a, grad) if ctx.needs_input_grad[1] else None
         return dw, dv, None
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
-    """(B, N, H, d) -> (B * H * N, d), the products' row layout."""
-    return x.transpose(1, 2).reshape(-1, x.shape[-1])
+    """(B, N, H, d) -> (H, B * N, d), the products' row layout."""
+    b, n, h, d = x.shape
+    return x.permute(2, 0, 1, 3).reshape(h, b * n, d)
 
 
 def qmk(q: torch.Tensor, k: torch.Tensor, pattern: Pattern) -> torch.Tensor:
@@ -159,7 +163,7 @@ def amv(attn: torch.Tensor, v: torch.Tensor, pattern: Pattern) -> torch.Tensor:
     """(B, H, N, k) weights, (B, N, H, d) values, the candidates' ``Pattern`` -> (B, N, H, d);
     entries where the index is -1 contribute nothing."""
     b, n, h, d = v.shape
-    return _AmV.apply(attn, _rows(v), pattern).view(b, h, n, d).transpose(1, 2)
+    return _AmV.apply(attn, _rows(v), pattern).view(h, b, n, d).permute(1, 2, 0, 3)
 
 
 def dlsg_offsets(dense: int = 8, sparse: int = 12, dilation: int = 3
@@ -432,7 +436,9 @@ def qmk_offsets(q: torch.Tensor, k: torch.Tensor, offsets: torch.Tensor, height:
             parts.append(region.gather(-1, lay.table.expand(*region.shape[:2], -1, -1)))
         joined.append(lay.to_map(torch.cat(parts, dim=1), b))
     scores = _Join.apply((b, h, height, width, len(offsets)), pieces, *joined)
-    return scores.view(b, h, n, -1).masked_fill(~valid[:, None], float("-inf"))
+    # an added -inf mask: the add's backward passes the gradient on without a pass over it
+    block = torch.zeros(valid.shape, dtype=scores.dtype, device=scores.device)
+    return scores.view(b, h, n, -1) + block.masked_fill_(~valid, float("-inf"))[:, None]
 
 
 def amv_offsets(attn: torch.Tensor, v: torch.Tensor, offsets: torch.Tensor, height: int,

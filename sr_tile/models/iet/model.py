@@ -104,16 +104,17 @@ class IEALayer(nn.Module):
         b, n, c = x.shape
         h, w = hw
         q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, -1).unbind(2)
+        q = q / math.sqrt(q.shape[-1])  # here, not on the N x k scores (a pass there and back)
         if cand.dense:
             scores = iea.qmk_offsets(q, k, offsets, h, w, cand.index >= 0)
-            scores = scores / math.sqrt(q.shape[-1]) + self.bias[None, :, None, bias_ids]
+            scores = scores + self.bias[None, :, None, bias_ids]
             attn = scores.softmax(dim=-1)
             index = iea.prune(attn, cand.index, keep)
             out = iea.amv_offsets(attn, v, offsets, h, w, index >= 0)
             nxt = Candidates(index, dense=True)
         else:
             pattern = iea.Pattern(cand.index, self.heads)
-            full = (iea.qmk(q, k, pattern) / math.sqrt(q.shape[-1])).softmax(dim=-1)
+            full = iea.qmk(q, k, pattern).softmax(dim=-1)
             attn, index, cols = iea.sparsify(full, cand.index, keep)
             # AmV over the same pattern, the pruned candidates weighted 0: one CSR layout
             # (and one transpose in the backward) per layer instead of two
