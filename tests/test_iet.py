@@ -1,5 +1,6 @@
 """IET's individualized attention: equal to dense and to window attention when the index says
-so, gradients (gradcheck), the sparse layout against plain gathers, DLSG candidates, sparsification, expansion and dedup."""
+so, gradients (gradcheck), the sparse layout against plain gathers, the block path against the
+sparse one, DLSG candidates, sparsification, expansion and dedup."""
 
 from __future__ import annotations
 
@@ -194,13 +195,17 @@ def test_offset_products_equal_the_gathers(monkeypatch, h, w, band_bytes):
     offsets, _ = iea.dlsg_offsets(1, 2, 2)
     index = iea.dlsg_index(h, w, offsets)[None].expand(2, -1, -1).clone()
     index[:, ::3, 5] = -1  # some pruned entries too
-    q, k, v = (torch.randn(2, h * w, 3, 4) for _ in range(3))
+    q, k, v = (torch.randn(2, h * w, 3, 4, requires_grad=True) for _ in range(3))
     valid = index >= 0
     got = iea.qmk_offsets(q, k, offsets, h, w, valid)
     pattern = iea.Pattern(index, 3)
     want = iea.qmk(q, k, pattern)
     assert torch.equal(torch.isinf(got), torch.isinf(want))
     assert torch.allclose(got[~torch.isinf(got)], want[~torch.isinf(want)], atol=1e-5)
-    attn = want.softmax(dim=-1)
-    assert torch.allclose(iea.amv_offsets(attn, v, offsets, h, w, valid),
-                          iea.amv(attn, v, pattern), atol=1e-5)
+    blocks = iea.amv_offsets(got.softmax(dim=-1), v, offsets, h, w, valid)
+    sparse = iea.amv(want.softmax(dim=-1), v, pattern)
+    assert torch.allclose(blocks, sparse, atol=1e-5)
+    # and their gradients (the block path joins and splits its pieces by hand)
+    for a, b in zip(torch.autograd.grad(blocks.square().sum(), (q, k, v)),
+                    torch.autograd.grad(sparse.square().sum(), (q, k, v))):
+        assert torch.allclose(a, b, atol=1e-4)
