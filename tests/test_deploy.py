@@ -135,7 +135,7 @@ def test_bad_backend_options_and_files_are_one_line(tmp_path, small_png, exports
     assert result.exit_code == 2 and "runs on --backend torch" in result.output
     result = run("export", "bicubic", "-o", tmp_path / "x")
     assert result.exit_code == 1 and "no network to export" in result.output
-    for name, words in (("tadt-light", "implicit upsampler"), ("iet-light", "gathers")):
+    for name, words in (("tadt-light", "implicit upsampler"), ("iet-light", "sparse CSR kernels")):
         result = run("export", name, "-o", tmp_path / "x")
         assert result.exit_code == 1 and result.output.count("\n") == 1 and words in result.output
 

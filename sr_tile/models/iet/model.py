@@ -157,8 +157,8 @@ class IET(nn.Module):
     """IET; ``forward(x)`` (B, 3, h, w) -> (B, 3, s h, s w). Candidates are built per tile."""
 
     #: why ``sr-tile export`` refuses it (``sr_tile.deploy.onnx``)
-    onnx_unsupported = ("its candidate sets are data-dependent gathers (top-k pruning, "
-                        "two-hop expansion) not exported yet")
+    onnx_unsupported = ("its candidate sets are data-dependent (top-k pruning, two-hop "
+                        "expansion) and its products sparse CSR kernels, not exported yet")
 
     def __init__(self, cfg: IETConfig, *, name: str = "iet-light") -> None:
         super().__init__()
