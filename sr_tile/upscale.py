@@ -130,9 +130,10 @@ class ImageReport:
         return d
 
 
-def auto_batch_size(tile: int) -> int:
-    """About 64k LR pixels per forward pass: 64 tiles of 32x32, 1 tile of 256x256."""
-    return max(1, min(256, 65536 // (tile * tile)))
+def auto_batch_size(tile: int, pixels: int = 65536) -> int:
+    """About ``pixels`` LR pixels per forward pass (the descriptor's ``batch_pixels``; by
+    default 64 tiles of 32x32, 1 tile of 256x256)."""
+    return max(1, min(256, pixels // (tile * tile)))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -203,7 +204,8 @@ class Upscaler:
             default_tile=default_tile,
             default_overlap=default_overlap,
             size_multiple=d.size_multiple,
-            batch_size=options.batch_size or auto_batch_size(options.tile or default_tile),
+            batch_size=options.batch_size or auto_batch_size(options.tile or default_tile,
+                                                             d.batch_pixels),
             # the model's own tile shrinks to fit the image; a --tile given, or a router's
             # decision grid, is kept exactly (a routed model whose output does not depend on
             # its tiles has its grid elsewhere: ENAF's cells)

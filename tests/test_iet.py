@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from sr_tile.models.iet import attention as iea
+from sr_tile.upscale import auto_batch_size
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -135,6 +136,8 @@ def test_model_candidates_shrink_and_expand_as_configured():
     assert len(counts) == 24 and all(kept <= scored for scored, kept in counts)
     model.set_dilation(2)
     assert int(model.offsets.abs().max()) == 24  # d = 2 reaches 12 patches of 2 px
+    # one 128 px tile per forward pass by default: its peak RSS is ~1.6 GB
+    assert auto_batch_size(model.descriptor.default_tile, model.descriptor.batch_pixels) == 1
 
 
 def test_a_tiny_training_run_lowers_the_loss_and_the_weights_load(tmp_path):

@@ -51,6 +51,9 @@ class ModelDescriptor:
             another, a run says its quality is out of distribution. None: no such range.
         precisions: what ``--precision`` it runs in (autocast to bf16/fp16 keeps its
             reductions in fp32; a model whose numerics break there leaves them out).
+        batch_pixels: LR pixels per forward pass when the user gives no ``--batch-size``
+            (the batch is this over a tile's area, at least 1): a model that needs much
+            memory per pixel sets fewer.
     """
 
     name: str
@@ -68,6 +71,7 @@ class ModelDescriptor:
     flops_note: str = ""
     trained_scales: tuple[float, float] | None = None
     precisions: tuple[str, ...] = ("fp32", "bf16", "fp16")
+    batch_pixels: int = 65536
 
     def __post_init__(self) -> None:
         if self.default_overlap <= 2 * self.margin:

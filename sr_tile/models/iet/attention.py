@@ -12,7 +12,7 @@ Nothing of size N x k x channels is made: a layer holds its N x k x heads attent
 Measured on this CPU, 1 thread, B * H * N = 12,288 rows, k = 160, d = 18, against batched
 gathers of the candidates' rows and batched matrix products: qmk 0.18 -> 0.012 s, amv 0.13 ->
 0.008 s, the backward's scatter (A^T x) 0.23 -> 0.07 s; a batch-4 iet-light training step
-(32 px crops, d = 2) 24.9 -> 6.8 s, peak RSS 5.3 -> ~2 GB.
+(32 px crops, d = 2) 15.5-24.9 -> 6.5-6.8 s, peak RSS 5.3 -> ~2 GB.
 """
 
 from __future__ import annotations

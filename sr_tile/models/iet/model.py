@@ -113,13 +113,9 @@ class IEALayer(nn.Module):
             out = iea.amv_offsets(attn, v, offsets, h, w, index >= 0)
             nxt = Candidates(index, dense=True)
         else:
-            pattern = iea.Pattern(cand.index, self.heads)
-            full = iea.qmk(q, k, pattern).softmax(dim=-1)
-            attn, index, cols = iea.sparsify(full, cand.index, keep)
-            # AmV over the same pattern, the pruned candidates weighted 0: one CSR layout
-            # (and one transpose in the backward) per layer instead of two
-            weights = torch.zeros_like(full).scatter(-1, cols[:, None].expand_as(attn), attn)
-            out = iea.amv(weights, v, pattern)
+            attn = iea.qmk(q, k, iea.Pattern(cand.index, self.heads)).softmax(dim=-1)
+            attn, index, _ = iea.sparsify(attn, cand.index, keep)
+            out = iea.amv(attn, v, iea.Pattern(index, self.heads))
             nxt = Candidates(index)
         out = out.reshape(b, n, c)
         if self.lepe is not None:
@@ -177,9 +173,10 @@ class IET(nn.Module):
             # the overlap covers DLSG's reach (36 px at d = 3), so that a token an owned
             # output depends on finds its first-layer candidates inside the tile. 128 px
             # tiles: iet-light's peak RSS was 1.6 GB on one, 3.0 GB on a 192 px one (the
-            # first group's N x 889 maps), and 1.2 against 1.5 ms per LR px (1 thread)
+            # first group's N x 889 maps), and 1.2 against 1.5 ms per LR px (1 thread); so
+            # one such tile per forward pass (the memory grows with the batch)
             name=name, scale=cfg.scale, margin=16, exact_tiling=False, default_tile=128,
-            default_overlap=cfg.reach + 4, routing=Routing.NONE,
+            default_overlap=cfg.reach + 4, routing=Routing.NONE, batch_pixels=128 * 128,
             flops_note="classsr: 2x MACs of conv/linear layers and of the candidate products "
                        "(every candidate computed counts, -1 padding too)")
 
