@@ -384,6 +384,13 @@ def _pieces(offsets: torch.Tensor, height: int, width: int) -> list[tuple]:
             for ys, xs in _phases(height, width, step)]
 
 
+def _join(shape: tuple[int, ...], pieces: list[tuple], parts) -> torch.Tensor:
+    out = parts[0].new_empty(shape)
+    for (cols, _, ys, xs), part in zip(pieces, parts):
+        out[:, :, ys, xs, cols] = part
+    return out
+
+
 class _Join(torch.autograd.Function):
     """The pieces' (B, H, h_i, w_i, K_i) results -> their (B, H, height, width, K) map; the
     backward reads each piece's part of the gradient (autograd's slice assignments cloned the
@@ -392,10 +399,7 @@ class _Join(torch.autograd.Function):
     @staticmethod
     def forward(ctx, shape, pieces, *parts):
         ctx.pieces = pieces
-        out = parts[0].new_empty(shape)
-        for (cols, _, ys, xs), part in zip(pieces, parts):
-            out[:, :, ys, xs, cols] = part
-        return out
+        return _join(shape, pieces, parts)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -414,7 +418,7 @@ class _Split(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, *grads):
-        return _Join.forward(ctx, ctx.shape, ctx.pieces, *grads), None
+        return _join(ctx.shape, ctx.pieces, grads), None
 
 
 def qmk_offsets(q: torch.Tensor, k: torch.Tensor, offsets: torch.Tensor, height: int,
@@ -437,8 +441,8 @@ def qmk_offsets(q: torch.Tensor, k: torch.Tensor, offsets: torch.Tensor, height:
         joined.append(lay.to_map(torch.cat(parts, dim=1), b))
     scores = _Join.apply((b, h, height, width, len(offsets)), pieces, *joined)
     # an added -inf mask: the add's backward passes the gradient on without a pass over it
-    block = torch.zeros(valid.shape, dtype=scores.dtype, device=scores.device)
-    return scores.view(b, h, n, -1) + block.masked_fill_(~valid, float("-inf"))[:, None]
+    mask = torch.zeros(valid.shape, dtype=scores.dtype, device=scores.device)
+    return scores.view(b, h, n, -1) + mask.masked_fill_(~valid, float("-inf"))[:, None]
 
 
 def amv_offsets(attn: torch.Tensor, v: torch.Tensor, offsets: torch.Tensor, height: int,
