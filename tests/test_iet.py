@@ -107,15 +107,14 @@ def test_sparsify_keeps_the_strongest_candidates():
 
 
 def test_expansion_merges_two_hops_without_duplicates_and_pads():
-    # token 0's candidates ranked 1, 2; token 1's ranked 3, 0; token 2's ranked 0, 4
+    # best first (as sparsify returns them): token 0's candidates 1, 2; token 1's 3, 0; ...
     index = torch.tensor([[[1, 2], [3, 0], [0, 4], [3, -1], [4, 1]]])
-    attn = torch.tensor([[[[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [1.0, 0.0], [0.6, 0.4]]]])
-    out = iea.expand(attn, index, k1=2, k2=2, width=6)
+    out = iea.expand(index, k1=2, k2=2, width=6)
     # token 0: own [1, 2], then 1's top two [3, 0], then 2's [0, 4] -> 1, 2, 3, 0, 4, pad
     assert out[0, 0].tolist() == [1, 2, 3, 0, 4, -1]
     # token 3: own [3], 3's own top two [3] (the -1 is skipped): nothing new
     assert out[0, 3].tolist() == [3, -1, -1, -1, -1, -1]
-    cut = iea.expand(attn, index, k1=2, k2=2, width=3)
+    cut = iea.expand(index, k1=2, k2=2, width=3)
     assert cut[0, 0].tolist() == [1, 2, 3]
 
 

@@ -239,22 +239,17 @@ def most_similar(attn: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.where(found, pick, tokens[..., 0].expand_as(pick))
 
 
-def expand(attn: torch.Tensor, index: torch.Tensor, k1: int, k2: int, width: int
-           ) -> torch.Tensor:
-    """Eq. 5-8: the candidates of the next layer: a token's own (``index``, best first) and
-    the top-``k2`` candidates of each of its top-``k1`` candidates (two-hop), without
-    duplicates, in that order, padded with -1 or cut to ``width`` columns."""
+def expand(index: torch.Tensor, k1: int, k2: int, width: int) -> torch.Tensor:
+    """Eq. 5-8: the candidates of the next layer: a token's own (``index``, best first, -1
+    last: as ``sparsify`` returns them) and the top-``k2`` candidates of each of its
+    top-``k1`` candidates (two-hop), without duplicates, in that order, padded with -1 or cut
+    to ``width`` columns."""
     b, n, k = index.shape
-    score = attn.mean(dim=1).masked_fill(index < 0, float("-inf"))  # (B, N, k)
-    order = score.argsort(dim=-1, descending=True)
-    ranked = index.gather(2, order)  # best first, -1 last
-    hop1 = ranked[..., :min(k1, k)]  # (B, N, k1)
-    top2 = ranked[..., :min(k2, k)]  # each token's own top k2
+    hop1 = index[..., :min(k1, k)]  # (B, N, k1)
+    top2 = index[..., :min(k2, k)]  # each token's own top k2
     batch = torch.arange(b, device=index.device)[:, None, None]
-    hop2 = torch.where(hop1[..., None] >= 0, top2[batch, hop1.clamp(min=0)],
-                       torch.full_like(top2[batch, hop1.clamp(min=0)], -1))
-    merged = torch.cat([ranked, hop2.reshape(b, n, -1)], dim=-1)  # own first
-    return dedup(merged, width)
+    hop2 = top2[batch, hop1.clamp(min=0)].masked_fill(hop1[..., None] < 0, -1)
+    return dedup(torch.cat([index, hop2.reshape(b, n, -1)], dim=-1), width)  # own first
 
 
 def dedup(index: torch.Tensor, width: int) -> torch.Tensor:

@@ -126,8 +126,8 @@ class IEALayer(nn.Module):
         if expansion is not None:
             k1, k2, width = expansion
             if nxt.dense:
-                attn, index, _ = iea.sparsify(attn, nxt.index, keep)
-            nxt = Candidates(iea.expand(attn, index, k1, k2, width))
+                _, index, _ = iea.sparsify(attn, nxt.index, keep)
+            nxt = Candidates(iea.expand(index, k1, k2, width))
         return x + self._ffn(self.norm2(x), hw, best), nxt
 
     def _ffn(self, x: torch.Tensor, hw: tuple[int, int], best: torch.Tensor) -> torch.Tensor:
