@@ -223,7 +223,8 @@ def prune(attn: torch.Tensor, index: torch.Tensor, keep: int) -> torch.Tensor:
     """``sparsify`` that keeps the layout: the columns outside each token's top ``keep``
     become -1 (the first group's offset layout stays aligned with its offsets)."""
     score = attn.mean(dim=1).masked_fill(index < 0, float("-inf"))
-    cols = score.topk(min(keep, index.shape[-1]), dim=-1).indices
+    # unsorted: the set is all that counts here (a sorted top-256 of 889 took ~1.8x as long)
+    cols = score.topk(min(keep, index.shape[-1]), dim=-1, sorted=False).indices
     kept = torch.zeros_like(index, dtype=torch.bool).scatter_(-1, cols, True)
     return index.masked_fill(~kept | (index < 0), -1)
 
