@@ -130,9 +130,9 @@ class ImageReport:
         return d
 
 
-def auto_batch_size(tile: int, pixels: int = 65536) -> int:
-    """About ``pixels`` LR pixels per forward pass (the descriptor's ``batch_pixels``; by
-    default 64 tiles of 32x32, 1 tile of 256x256)."""
+def auto_batch_size(tile: int, pixels: int) -> int:
+    """About ``pixels`` LR pixels per forward pass (the descriptor's ``batch_pixels``; its
+    default: 64 tiles of 32x32, 1 tile of 256x256)."""
     return max(1, min(256, pixels // (tile * tile)))
 
 
