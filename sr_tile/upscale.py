@@ -208,8 +208,9 @@ class Upscaler:
                                                              d.batch_pixels),
             # the model's own tile shrinks to fit the image; a --tile given, or a router's
             # decision grid, is kept exactly (a routed model whose output does not depend on
-            # its tiles has its grid elsewhere: ENAF's cells)
-            fit=options.tile is None and (not self.routed or d.exact_tiling),
+            # its tiles has its grid elsewhere: ENAF's cells; TADT routes whole images)
+            fit=options.tile is None and (not self.routed or d.exact_tiling
+                                          or not d.routing.per_tile),
         )
         self.runner: TileRunner = self.new_runner()
         self.notes += scale_notes(d)  # said once per run by the CLI

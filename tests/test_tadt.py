@@ -375,3 +375,34 @@ def test_liif_dead_units_sees_a_collapsed_mlp():
         assert liif.dead_units(feat, 4.0) == 1.0
         last_hidden.bias[:64] = 0.5
         assert liif.dead_units(feat, 4.0) == pytest.approx(0.75)
+
+
+def test_shipped_weights_say_how_they_were_made_beat_bicubic_and_route_by_scale(astronaut):
+    """The shipped tadt-light: one file for every scale, trained by ``sr-tile train tadt``
+    (both phases in its metadata), better than bicubic on a real photo at an integer and a
+    fractional scale, routed and static alike, and TARC turns on fewer branches at x2 than at
+    x4."""
+    from sr_tile.bench.datasets import make_lr
+    from sr_tile.metrics import psnr_y
+    from sr_tile.models.checkpoint import read_metadata
+    from sr_tile.models.registry import shipped_weights
+    from sr_tile.models.tadt.runner import route_view
+    from sr_tile.upscale import UpscaleOptions, Upscaler
+
+    path = shipped_weights(NAME, 2.5)
+    assert path is not None and path == shipped_weights(NAME, 4), "tadt-light: no shipped file"
+    meta = read_metadata(path)
+    assert meta["command"].startswith("sr-tile train tadt") and meta["hardware"]
+    assert meta["iterations"]["baseline"] > 0 and meta["iterations"]["tadt"] > 0
+    hr = np.ascontiguousarray(astronaut[40:280, 160:400])  # 240 px: divides by 2.5, 3 and 4
+    for scale in (2.5, 4):
+        lr = make_lr(hr, scale)
+        base = psnr_y(Upscaler(UpscaleOptions(model="bicubic", scale=scale)).upscale_whole(lr),
+                      hr, math.ceil(scale))
+        for static in (True, False):
+            up = Upscaler(UpscaleOptions(model=NAME, scale=scale, static=static))
+            assert psnr_y(up.upscale_whole(lr), hr, math.ceil(scale)) > base + 0.1, (scale, static)
+    model = create_model(NAME, scale=4)
+    with torch.inference_mode():
+        on = {s: int(model.route(route_view(make_lr(hr, s)), s)[0].sum()) for s in (2, 4)}
+    assert on[2] < on[4], on

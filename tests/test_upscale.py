@@ -189,7 +189,8 @@ def test_first_image_of_a_process_pays_no_flops_counter_imports(tmp_path, astron
 def test_static_runs_take_the_models_large_tiles_fitted_to_the_image():
     """--static runs a routed model on its static tiles (256, shrunk to fit the image); a
     router by tiles keeps its 32 px decision grid, one by cells fits its large tiles (its grid
-    is the image's), and a --tile given is kept as given."""
+    is the image's), so does a model routed once per image (TADT), and a --tile given is kept
+    as given."""
     static = Upscaler(UpscaleOptions(model="enaf-fsrcnn", static=True)).tiling
     cells = Upscaler(UpscaleOptions(model="enaf-fsrcnn")).tiling
     tiles = Upscaler(UpscaleOptions(model="enaf-carn")).tiling
@@ -199,6 +200,9 @@ def test_static_runs_take_the_models_large_tiles_fitted_to_the_image():
     assert (cells.tile, cells.fit) == (512, True) and cells.tile_shape(400, 640) == (400, 332)
     assert (tiles.tile, tiles.fit) == (32, False) and tiles.tile_shape(400, 640) == (32, 32)
     assert (chosen.tile, chosen.fit) == (100, False) and chosen.tile_shape(400, 640) == (100, 100)
+    per_image = Upscaler(UpscaleOptions(model="tadt-light", scale=2.5)).tiling
+    assert (per_image.tile, per_image.fit) == (256, True)
+    assert per_image.tile_shape(400, 640) == (224, 256)  # 224 rows: 2 tiles fit 400
 
 
 def test_static_runs_a_routed_model_as_its_full_network(astronaut):

@@ -18,6 +18,12 @@ class Routing(str, Enum):
     TOKENS = "tokens"  # token/window halting inside the network (AdaFormer)
     BRANCHES = "branches"  # attention branches switched per image and scale (TADT)
 
+    @property
+    def per_tile(self) -> bool:
+        """Whether tiles (or their patches) are routed one by one, so that the tile grid is
+        the decision grid; a route per image leaves the tiles free to fit the image."""
+        return self in (Routing.EXITS, Routing.TOKENS)
+
 
 @dataclass(frozen=True)
 class ModelDescriptor:
