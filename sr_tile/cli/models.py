@@ -11,6 +11,7 @@ from rich.table import Table
 from sr_tile.cli._common import handle_errors, out
 from sr_tile.io.atomic import write_json_atomic
 from sr_tile.models import DEFAULT_MODEL, MODELS
+from sr_tile.models.registry import ANY_SCALE
 
 
 @handle_errors
@@ -36,7 +37,7 @@ def models(
                 "family": entry.family,
                 "trains": entry.train is not None,
                 "routing": entry.routing,
-                "weights": entry.weights,
+                "weights": {("any" if s == ANY_SCALE else s): f for s, f in entry.weights.items()},
                 "default": entry.name == DEFAULT_MODEL,
                 "summary": entry.summary,
             }
